@@ -1,0 +1,14 @@
+//! floe: runs Mixture-of-Experts LLMs larger than memory by streaming the routed experts from SSD.
+//!
+//! Data flow: [`checkpoint`] (safetensors files) → [`config`] + [`weights`] (one canonical form) → [`model`]
+//! (state and forward pass, on the [`cpu`] kernels) → [`generate`] (tokens to text).
+
+pub mod checkpoint;
+pub mod config;
+pub mod cpu;
+pub mod generate;
+pub mod model;
+pub mod npy;
+pub mod synthetic;
+pub mod tensor;
+pub mod weights;

@@ -1,0 +1,69 @@
+//! The CPU forward pass against transformers' logits on every fixture: full prefill and prefill-then-decode.
+
+mod common;
+
+use common::*;
+use floe::model::{Logits, Model};
+
+const TOLERANCE: f32 = 1e-4;
+
+/// Logits of every position: the first `prefill` tokens as one batch, then one decode step per token.
+fn run(model: &Model, tokens: &[u32], prefill: usize) -> Vec<f32> {
+    let mut state = model.new_state();
+    let mut out = model.forward(&tokens[..prefill], &mut state, Logits::All).unwrap();
+    for &t in &tokens[prefill..] {
+        out.extend(model.forward(&[t], &mut state, Logits::All).unwrap());
+    }
+    out
+}
+
+#[test]
+fn every_fixture_matches_transformers() {
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let model = Model::load(&dir).unwrap();
+        let (tokens, prefill) = tokens(&dir);
+        let (shape, full) = reference(&dir, "full");
+        assert_eq!(shape, [tokens.len(), model.config.vocab_size]);
+        let err = relative_error(&run(&model, &tokens, tokens.len()), &full);
+        println!("{name}: full prefill, relative error {err:.2e}");
+        assert!(err <= TOLERANCE, "{name}: full prefill differs from transformers by {err:.2e}");
+        let (_, decode) = reference(&dir, "prefill_decode");
+        let err = relative_error(&run(&model, &tokens, prefill), &decode);
+        println!("{name}: prefill {prefill} then decode, relative error {err:.2e}");
+        assert!(err <= TOLERANCE, "{name}: prefill-then-decode differs from transformers by {err:.2e}");
+    }
+}
+
+#[test]
+fn last_position_logits_equal_all_positions_last_row() {
+    let dir = fixture("qwen35_moe");
+    let model = Model::load(&dir).unwrap();
+    let (tokens, _) = tokens(&dir);
+    let all = model.forward(&tokens[..9], &mut model.new_state(), Logits::All).unwrap();
+    let last = model.forward(&tokens[..9], &mut model.new_state(), Logits::Last).unwrap();
+    assert_eq!(last, all[8 * model.config.vocab_size..]);
+}
+
+/// The check can fail: one weight changed by a small amount moves the logits past the tolerance.
+#[test]
+fn a_perturbed_weight_fails_the_check() {
+    let tmp = copy_fixture("qwen35_moe");
+    let path = tmp.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let offset = {
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let view = st.tensor("model.layers.3.self_attn.o_proj.weight").unwrap();
+        view.data().as_ptr() as usize - bytes.as_ptr() as usize
+    };
+    let old = f32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap());
+    bytes[offset..offset + 4].copy_from_slice(&(old + 0.05).to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+
+    let model = Model::load(tmp.path()).unwrap();
+    let (tokens, _) = tokens(tmp.path());
+    let (_, full) = reference(tmp.path(), "full");
+    let err = relative_error(&run(&model, &tokens, tokens.len()), &full);
+    println!("perturbed o_proj[0,0] by 0.05: relative error {err:.2e}");
+    assert!(err > TOLERANCE, "a perturbed weight went unnoticed (error {err:.2e})");
+}
