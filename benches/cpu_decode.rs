@@ -50,7 +50,7 @@ fn weight_bytes_per_token(model: &floe::model::Model) -> f64 {
     use floe::weights::Mixer;
     let c = &model.config;
     let w = &model.weights;
-    let size = |t: &floe::tensor::Tensor| (t.len() * t.dtype().size()) as f64;
+    let size = |m: &floe::tensor::Matrix| m.size_bytes() as f64;
     let mut total = size(&w.lm_head);
     for layer in &w.layers {
         total += match &layer.mixer {

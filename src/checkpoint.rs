@@ -44,6 +44,7 @@ impl Checkpoint {
                     Dtype::F32 => Some(DType::F32),
                     Dtype::BF16 => Some(DType::BF16),
                     Dtype::F16 => Some(DType::F16),
+                    Dtype::U32 => Some(DType::U32),
                     _ => None,
                 };
                 let shape = view.shape().to_vec();
@@ -58,6 +59,18 @@ impl Checkpoint {
         self.tensors.contains_key(name)
     }
 
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The stored shape of tensor `name`.
+    pub fn shape(&self, name: &str) -> Result<&[usize]> {
+        match self.tensors.get(name) {
+            Some(e) => Ok(&e.shape),
+            None => bail!("missing tensor {name} in {}", self.dir.display()),
+        }
+    }
+
     /// The tensor `name`, which must have shape `expected`.
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
         let Some(e) = self.tensors.get(name) else {
@@ -67,14 +80,18 @@ impl Checkpoint {
             bail!("tensor {name}: expected shape {expected:?}, found {:?}", e.shape);
         }
         let Some(dtype) = e.dtype else {
-            bail!("tensor {name}: unsupported dtype {:?} (floe reads f32, bf16 and f16 here)", e.stored_dtype)
+            bail!("tensor {name}: unsupported dtype {:?} (floe reads f32, bf16, f16 and packed u32)", e.stored_dtype)
         };
         Ok(Tensor::mapped(e.shape.clone(), dtype, self.maps[e.file].clone(), e.start))
     }
 
-    /// A small tensor (norm weights, biases, …) as f32 values.
+    /// A small float tensor (norm weights, biases, …) as f32 values.
     pub fn get_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        Ok(self.get(name, expected)?.to_f32())
+        let t = self.get(name, expected)?;
+        if t.dtype() == DType::U32 {
+            bail!("tensor {name}: expected floats, found packed u32");
+        }
+        Ok(t.to_f32())
     }
 }
 

@@ -1,17 +1,23 @@
 //! CPU kernels in f32, parallel with rayon. They are the reference every other backend is compared with, so they
 //! favour plain, obviously-correct loops; the matmul is the only one written for speed (it dominates decode).
 
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use crate::tensor::{Elems, Tensor};
+use crate::tensor::{Elems, Matrix};
 
 /// `x [t, in] · wᵀ` for `w [out, in]` in any stored dtype: returns `[t, out]`. Each weight row is read once (and
 /// converted to f32 once) for all `t` tokens, so a batched prefill costs one pass over the weights.
-pub fn matmul(x: &[f32], t: usize, w: &Tensor) -> Vec<f32> {
+pub fn matmul(x: &[f32], t: usize, w: &Matrix) -> Vec<f32> {
     let &[out, inp] = w.shape() else { panic!("matmul: weight shape {:?} is not 2-D", w.shape()) };
     assert_eq!(x.len(), t * inp, "matmul: input of {} values for {t} tokens × {inp}", x.len());
-    let elems = w.elems();
+    // f32 weights are read in place; everything else is converted (or dequantized) one row at a time.
+    let dense_f32 = match w {
+        Matrix::Dense(tensor) => match tensor.elems() {
+            Elems::F32(v) => Some(v),
+            _ => None,
+        },
+        Matrix::Affine { .. } => None,
+    };
     let rows_per_task = (out / (rayon::current_num_threads() * 8)).clamp(1, 64);
     // Computed as [out, t] so each task owns whole weight rows, then transposed.
     let mut yt = vec![0f32; out * t];
@@ -19,15 +25,10 @@ pub fn matmul(x: &[f32], t: usize, w: &Tensor) -> Vec<f32> {
         let mut converted = vec![0f32; inp];
         for (j, y_row) in ys.chunks_mut(t).enumerate() {
             let r = chunk * rows_per_task + j;
-            let span = r * inp..(r + 1) * inp;
-            let row: &[f32] = match &elems {
-                Elems::F32(v) => &v[span],
-                Elems::BF16(v) => {
-                    v[span].convert_to_f32_slice(&mut converted);
-                    &converted
-                }
-                Elems::F16(v) => {
-                    v[span].convert_to_f32_slice(&mut converted);
+            let row: &[f32] = match dense_f32 {
+                Some(v) => &v[r * inp..(r + 1) * inp],
+                None => {
+                    w.row_f32(r, &mut converted);
                     &converted
                 }
             };
@@ -62,16 +63,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Rows `ids` of an embedding table `[vocab, h]`, as f32 `[ids.len(), h]`.
-pub fn embed_rows(table: &Tensor, ids: &[u32]) -> Vec<f32> {
+pub fn embed_rows(table: &Matrix, ids: &[u32]) -> Vec<f32> {
     let h = table.shape()[1];
     let mut out = vec![0f32; ids.len() * h];
     for (dst, &id) in out.chunks_mut(h).zip(ids) {
-        let span = id as usize * h..(id as usize + 1) * h;
-        match table.elems() {
-            Elems::F32(v) => dst.copy_from_slice(&v[span]),
-            Elems::BF16(v) => v[span].convert_to_f32_slice(dst),
-            Elems::F16(v) => v[span].convert_to_f32_slice(dst),
-        }
+        table.row_f32(id as usize, dst);
     }
     out
 }

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod generate;
 pub mod model;
 pub mod npy;
+pub mod quant;
 pub mod synthetic;
 pub mod tensor;
 pub mod weights;

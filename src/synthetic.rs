@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::config::{Arch, LayerType, LinearAttnConfig, ModelConfig};
 use crate::model::Model;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Matrix, Tensor};
 use crate::weights::*;
 
 /// The built-in default model: Qwen3.5-MoE's structure at toy size, with `vocab` tokens.
@@ -167,16 +167,16 @@ struct Gen {
 
 impl Gen {
     /// An [out, in] matrix whose rows map unit-variance inputs to unit-variance outputs.
-    fn linear(&mut self, out: usize, inp: usize) -> Tensor {
+    fn linear(&mut self, out: usize, inp: usize) -> Matrix {
         self.matrix(&[out, inp], 1.0 / (inp as f32).sqrt())
     }
 
-    fn matrix(&mut self, shape: &[usize], std: f32) -> Tensor {
+    fn matrix(&mut self, shape: &[usize], std: f32) -> Matrix {
         let values = self.values(shape.iter().product(), std * 3f32.sqrt());
-        match self.dtype {
+        Matrix::Dense(match self.dtype {
             DType::BF16 => Tensor::from_bf16(shape.to_vec(), values.into_par_iter().map(bf16::from_f32).collect()),
             _ => Tensor::from_f32(shape.to_vec(), values),
-        }
+        })
     }
 
     /// `n` values uniform in [-bound, bound).

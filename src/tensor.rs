@@ -6,20 +6,25 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use memmap2::Mmap;
+
+use crate::quant::{dequantize_row, QuantFormat};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32,
     BF16,
     F16,
+    /// Packed quantized values (see [`crate::quant`]).
+    U32,
 }
 
 impl DType {
     pub fn size(self) -> usize {
         match self {
-            DType::F32 => 4,
+            DType::F32 | DType::U32 => 4,
             DType::BF16 | DType::F16 => 2,
         }
     }
@@ -30,12 +35,14 @@ pub enum Elems<'a> {
     F32(&'a [f32]),
     BF16(&'a [bf16]),
     F16(&'a [f16]),
+    U32(&'a [u32]),
 }
 
 #[derive(Clone)]
 enum Data {
     F32(Arc<[f32]>),
     BF16(Arc<[bf16]>),
+    U32(Arc<[u32]>),
     /// `len` bytes at `start` of a mapped file; `start` is aligned for `dtype` (checked on creation).
     Mapped { map: Arc<Mmap>, start: usize, dtype: DType },
 }
@@ -70,6 +77,10 @@ impl Tensor {
             DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
             DType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            DType::U32 => {
+                let words = bytes.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
+                return Tensor { shape, data: Data::U32(words), offset: 0 };
+            }
         };
         Tensor::from_f32(shape, values)
     }
@@ -90,6 +101,7 @@ impl Tensor {
         match &self.data {
             Data::F32(_) => DType::F32,
             Data::BF16(_) => DType::BF16,
+            Data::U32(_) => DType::U32,
             Data::Mapped { dtype, .. } => *dtype,
         }
     }
@@ -101,6 +113,22 @@ impl Tensor {
         let mut shape = self.shape.clone();
         shape[0] = range.len();
         Tensor { shape, data: self.data.clone(), offset: self.offset + range.start * row }
+    }
+
+    /// A new tensor made of rows `order` of this one (a copy).
+    pub fn gather_rows(&self, order: &[usize]) -> Tensor {
+        let row: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = order.len();
+        let data = match self.elems() {
+            Elems::U32(v) => Data::U32(order.iter().flat_map(|&r| v[r * row..(r + 1) * row].iter().copied()).collect()),
+            Elems::BF16(v) => Data::BF16(order.iter().flat_map(|&r| v[r * row..(r + 1) * row].iter().copied()).collect()),
+            _ => {
+                let all = self.to_f32();
+                Data::F32(order.iter().flat_map(|&r| all[r * row..(r + 1) * row].iter().copied()).collect())
+            }
+        };
+        Tensor { shape, data, offset: 0 }
     }
 
     /// Entry `i` of the first axis, with that axis dropped (expert `i` of a stacked [E, out, in] tensor).
@@ -115,12 +143,14 @@ impl Tensor {
         match &self.data {
             Data::F32(v) => Elems::F32(&v[r]),
             Data::BF16(v) => Elems::BF16(&v[r]),
+            Data::U32(v) => Elems::U32(&v[r]),
             Data::Mapped { map, start, dtype } => {
                 let bytes = &map[*start + r.start * dtype.size()..*start + r.end * dtype.size()];
                 match dtype {
                     DType::F32 => Elems::F32(bytemuck::cast_slice(bytes)),
                     DType::BF16 => Elems::BF16(bytemuck::cast_slice(bytes)),
                     DType::F16 => Elems::F16(bytemuck::cast_slice(bytes)),
+                    DType::U32 => Elems::U32(bytemuck::cast_slice(bytes)),
                 }
             }
         }
@@ -128,10 +158,110 @@ impl Tensor {
 
     /// All elements as f32 (a copy; for small tensors such as norms and biases).
     pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.len()];
+        self.elems().to_f32(0..self.len(), &mut out);
+        out
+    }
+
+    /// The stored bytes (little-endian), for writing the tensor out unchanged.
+    pub fn bytes(&self) -> &[u8] {
         match self.elems() {
-            Elems::F32(v) => v.to_vec(),
-            Elems::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            Elems::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Elems::F32(v) => bytemuck::cast_slice(v),
+            Elems::BF16(v) => bytemuck::cast_slice(v),
+            Elems::F16(v) => bytemuck::cast_slice(v),
+            Elems::U32(v) => bytemuck::cast_slice(v),
+        }
+    }
+}
+
+impl Elems<'_> {
+    /// Element `i` as f32.
+    pub fn get_f32(&self, i: usize) -> f32 {
+        match self {
+            Elems::F32(v) => v[i],
+            Elems::BF16(v) => v[i].to_f32(),
+            Elems::F16(v) => v[i].to_f32(),
+            Elems::U32(_) => panic!("packed quantized words are not float values"),
+        }
+    }
+
+    /// Elements `range` converted to f32 into `out`. Panics on packed words, which are not values.
+    pub fn to_f32(&self, range: Range<usize>, out: &mut [f32]) {
+        match self {
+            Elems::F32(v) => out.copy_from_slice(&v[range]),
+            Elems::BF16(v) => v[range].convert_to_f32_slice(out),
+            Elems::F16(v) => v[range].convert_to_f32_slice(out),
+            Elems::U32(_) => panic!("packed quantized words are not float values"),
+        }
+    }
+}
+
+/// A weight matrix `[.., out, in]` (a stack of them for experts), dense or affine-quantized.
+#[derive(Clone)]
+pub enum Matrix {
+    Dense(Tensor),
+    /// MLX affine quantization: `words [.., out, in·bits/32]` u32, `scales` and `biases` `[.., out, in/group]`.
+    Affine { words: Tensor, scales: Tensor, biases: Tensor, format: QuantFormat, shape: Vec<usize> },
+}
+
+impl Matrix {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Matrix::Dense(t) => t.shape(),
+            Matrix::Affine { shape, .. } => shape,
+        }
+    }
+
+    pub fn rows(&self, range: Range<usize>) -> Matrix {
+        self.map(|t| t.rows(range.clone()), |shape| shape[0] = range.len())
+    }
+
+    /// A new matrix made of rows `order` of this one (a copy).
+    pub fn gather_rows(&self, order: &[usize]) -> Matrix {
+        self.map(|t| t.gather_rows(order), |shape| shape[0] = order.len())
+    }
+
+    /// Entry `i` of the first axis (expert `i` of a stacked `[E, out, in]` matrix).
+    pub fn index(&self, i: usize) -> Matrix {
+        self.map(|t| t.index(i), |shape| {
+            shape.remove(0);
+        })
+    }
+
+    fn map(&self, f: impl Fn(&Tensor) -> Tensor, reshape: impl FnOnce(&mut Vec<usize>)) -> Matrix {
+        match self {
+            Matrix::Dense(t) => Matrix::Dense(f(t)),
+            Matrix::Affine { words, scales, biases, format, shape } => {
+                let mut shape = shape.clone();
+                reshape(&mut shape);
+                Matrix::Affine { words: f(words), scales: f(scales), biases: f(biases), format: *format, shape }
+            }
+        }
+    }
+
+    /// Row `r` of a 2-D matrix as f32 values, into `out` (dequantized for an affine matrix).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let cols = *self.shape().last().unwrap();
+        match self {
+            Matrix::Dense(t) => t.elems().to_f32(r * cols..(r + 1) * cols, out),
+            Matrix::Affine { words, scales, biases, format, .. } => {
+                let Elems::U32(words) = words.elems() else { panic!("quantized words are not u32") };
+                let wpr = format.words_per_row(cols);
+                let groups = cols / format.group;
+                let (scales, biases) = (scales.elems(), biases.elems());
+                let scale = |g: usize| scales.get_f32(r * groups + g);
+                let bias = |g: usize| biases.get_f32(r * groups + g);
+                dequantize_row(&words[r * wpr..(r + 1) * wpr], *format, scale, bias, out);
+            }
+        }
+    }
+
+    /// Bytes it occupies (weights, scales and biases).
+    pub fn size_bytes(&self) -> usize {
+        let size = |t: &Tensor| t.len() * t.dtype().size();
+        match self {
+            Matrix::Dense(t) => size(t),
+            Matrix::Affine { words, scales, biases, .. } => size(words) + size(scales) + size(biases),
         }
     }
 }

@@ -145,6 +145,72 @@ def default_tokenizer():
     print(f"default tokenizer: {tok.get_vocab_size()} tokens")
 
 
+def mlx_fixture(name, bits, group_size):
+    """An mlx-community style quantized checkpoint, converted by mlx-lm from the official-layout fixture, with
+    mlx-lm's logits computed after casting every float parameter to float32 (mlx would otherwise run in bf16)."""
+    import mlx.core as mx
+    from mlx.utils import tree_map
+    from mlx_lm import convert
+    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.utils import load_model
+    src = os.path.join(FIXTURES, f".{name}.src")
+    d = os.path.join(FIXTURES, name)
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(os.path.join(FIXTURES, "qwen35_moe_official"), src)
+    shutil.copy(os.path.join(ROOT, "assets", "default-model", "tokenizer.json"), src)
+    with open(os.path.join(src, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>"}, f)
+    convert(src, mlx_path=d, quantize=True, q_group_size=group_size, q_bits=bits)
+    shutil.copy(os.path.join(src, "tokens.json"), d)
+    shutil.rmtree(src)
+    for extra in ["README.md", "tokenizer.json", "tokenizer_config.json"]:
+        if os.path.exists(os.path.join(d, extra)):
+            os.remove(os.path.join(d, extra))
+    model, _ = load_model(__import__("pathlib").Path(d))
+    model.update(tree_map(lambda p: p.astype(mx.float32) if mx.issubdtype(p.dtype, mx.floating) else p,
+                          model.parameters()))
+    ids = json.load(open(os.path.join(d, "tokens.json")))["tokens"]
+    full = np.array(model(mx.array(ids)[None])[0].astype(mx.float32))
+    cache = make_prompt_cache(model)
+    rows = [np.array(model(mx.array(ids[:PREFILL])[None], cache=cache)[0].astype(mx.float32))]
+    for t in ids[PREFILL:]:
+        rows.append(np.array(model(mx.array([t])[None], cache=cache)[0].astype(mx.float32)))
+    np.save(os.path.join(d, "logits_full.npy"), full)
+    np.save(os.path.join(d, "logits_prefill_decode.npy"), np.concatenate(rows))
+    print(f"{name}: |logits| max {np.abs(full).max():.3f}")
+
+
+def quant_vectors():
+    """mx.quantize outputs for every supported bits × group size, from float32 and bfloat16 inputs. Rows include
+    the edge cases: a constant row (max = min), zeros, and a row whose largest magnitude is negative."""
+    import mlx.core as mx
+    from safetensors.numpy import save_file as save_np
+    rng = np.random.default_rng(7)
+    out = {}
+    for bits in [2, 3, 4, 6, 8]:
+        for group in [32, 64, 128]:
+            w = (rng.standard_normal((6, 384)) * rng.uniform(0.01, 2.0, (6, 1))).astype(np.float32)
+            w[1] = 0.37
+            w[2] = 0.0
+            w[3] -= 4.0
+            for dtype, name in [(mx.float32, "f32"), (mx.bfloat16, "bf16")]:
+                x = mx.array(w).astype(dtype)
+                q, sc, bi = mx.quantize(x, group_size=group, bits=bits)
+                key = f"{bits}_{group}_{name}"
+                # bf16 values travel as their uint16 bit patterns (numpy has no bfloat16)
+                as_bits = (lambda a: np.array(a.astype(mx.float32)).view(np.uint32).__rshift__(16).astype(np.uint16)) \
+                    if name == "bf16" else (lambda a: np.array(a))
+                out[f"input_{key}"] = as_bits(x)
+                out[f"packed_{key}"] = np.array(q)
+                out[f"scales_{key}"] = as_bits(sc)
+                out[f"biases_{key}"] = as_bits(bi)
+    d = os.path.join(FIXTURES, "mlx_quant")
+    os.makedirs(d, exist_ok=True)
+    save_np(out, os.path.join(d, "vectors.safetensors"))
+    print(f"mlx_quant: {len(out) // 4} cases")
+
+
 def main():
     print("transformers", transformers.__version__, "torch", torch.__version__)
     torch.set_num_threads(2)
@@ -157,6 +223,9 @@ def main():
     save_pretrained_fixture("qwen3_moe", Qwen3MoeForCausalLM, moe_cfg, seed=3)
     official_fixture()
     default_tokenizer()
+    mlx_fixture("qwen35_moe_mlx_4bit", bits=4, group_size=64)
+    mlx_fixture("qwen35_moe_mlx_2bit", bits=2, group_size=32)
+    quant_vectors()
 
 
 if __name__ == "__main__":

@@ -3,8 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-/// Every fixture: tiny random checkpoints with transformers' logits.
-pub const FIXTURES: [&str; 4] = ["qwen35_moe", "qwen35_moe_official", "qwen3_next", "qwen3_moe"];
+/// Every model fixture and how close floe must come to its reference logits (max |ours − ref| / max |ref|):
+/// tiny random checkpoints with transformers' logits (f32 and bf16), and mlx-lm quantized conversions with
+/// mlx-lm's logits (computed in f32).
+pub const FIXTURES: [(&str, f32); 6] = [
+    ("qwen35_moe", 1e-4),
+    ("qwen35_moe_official", 1e-4),
+    ("qwen3_next", 1e-4),
+    ("qwen3_moe", 1e-4),
+    ("qwen35_moe_mlx_4bit", 1e-3),
+    ("qwen35_moe_mlx_2bit", 1e-3),
+];
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
