@@ -1,11 +1,14 @@
 //! floe: runs Mixture-of-Experts LLMs larger than memory by streaming the routed experts from SSD.
 //!
-//! Data flow: [`checkpoint`] (safetensors files) → [`config`] + [`weights`] (one canonical form) → [`model`]
-//! (state and forward pass, on the [`cpu`] kernels) → [`generate`] (tokens to text).
+//! Data flow: [`checkpoint`] (safetensors files) → [`config`] + [`weights`] (one canonical form) → [`convert`]
+//! (writes floe's [`format`], quantized by [`quant`]) → [`model`] (state and forward pass, on the [`cpu`]
+//! kernels) → [`generate`] (tokens to text).
 
 pub mod checkpoint;
 pub mod config;
+pub mod convert;
 pub mod cpu;
+pub mod format;
 pub mod generate;
 pub mod model;
 pub mod npy;

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::config::{Arch, LayerType, LinearAttnConfig, ModelConfig};
 use crate::model::Model;
+use crate::quant::QuantFormat;
 use crate::tensor::{DType, Matrix, Tensor};
 use crate::weights::*;
 
@@ -97,26 +98,55 @@ pub fn preset(name: &str, layers: Option<usize>) -> anyhow::Result<ModelConfig> 
     })
 }
 
-/// A model of config `c` with random weights stored as `dtype` (F32 or BF16).
+/// A model of config `c` with random weights stored as `dtype` (F32 or BF16), all in memory.
 pub fn random_model(c: &ModelConfig, seed: u64, dtype: DType) -> Model {
-    let mut g = Gen { seed, next_stream: 0, dtype };
-    let h = c.hidden_size;
-    let embed = g.matrix(&[c.vocab_size, h], 1.0);
-    let lm_head = g.matrix(&[c.vocab_size, h], 1.0 / (h as f32).sqrt());
-    let layers = c
-        .layer_types
-        .iter()
-        .map(|lt| LayerWeights {
+    let mut r = RandomWeights::new(c, seed, dtype, None);
+    let (embed, lm_head) = (r.embed(), r.lm_head());
+    let layers = (0..c.num_layers()).map(|i| r.layer(i)).collect();
+    let final_norm = vec![1.0; c.hidden_size];
+    Model { config: c.clone(), weights: Weights { embed, layers, final_norm, lm_head } }
+}
+
+/// Random weights for config `c`, made one piece at a time (so `floe synth` never holds more than one layer).
+/// With `quant`, matrices are generated directly in that affine format (the router and shared-expert gate at
+/// 8 bits), their values uniform over the same range as the dense ones.
+pub struct RandomWeights {
+    g: Gen,
+    c: ModelConfig,
+}
+
+impl RandomWeights {
+    pub fn new(c: &ModelConfig, seed: u64, dtype: DType, quant: Option<QuantFormat>) -> RandomWeights {
+        RandomWeights { g: Gen { seed, next_stream: 0, dtype, quant }, c: c.clone() }
+    }
+
+    pub fn embed(&mut self) -> Matrix {
+        self.g.matrix(&[self.c.vocab_size, self.c.hidden_size], 1.0, self.g.quant)
+    }
+
+    pub fn lm_head(&mut self) -> Matrix {
+        let h = self.c.hidden_size;
+        self.g.matrix(&[self.c.vocab_size, h], 1.0 / (h as f32).sqrt(), self.g.quant)
+    }
+
+    /// One routed expert.
+    pub fn expert(&mut self) -> ExpertWeights {
+        random_mlp(&mut self.g, self.c.hidden_size, self.c.moe_intermediate_size)
+    }
+
+    pub fn layer(&mut self, i: usize) -> LayerWeights {
+        let (g, c) = (&mut self.g, &self.c);
+        let h = c.hidden_size;
+        LayerWeights {
             input_norm: vec![1.0; h],
             post_attn_norm: vec![1.0; h],
-            mixer: match lt {
-                LayerType::FullAttention => Mixer::Attention(random_attention(&mut g, c)),
-                LayerType::LinearAttention => Mixer::Linear(random_linear(&mut g, c)),
+            mixer: match c.layer_types[i] {
+                LayerType::FullAttention => Mixer::Attention(random_attention(g, c)),
+                LayerType::LinearAttention => Mixer::Linear(random_linear(g, c)),
             },
-            moe: random_moe(&mut g, c),
-        })
-        .collect();
-    Model { config: c.clone(), weights: Weights { embed, layers, final_norm: vec![1.0; h], lm_head } }
+            moe: random_moe(g, c),
+        }
+    }
 }
 
 fn random_attention(g: &mut Gen, c: &ModelConfig) -> AttentionWeights {
@@ -152,43 +182,89 @@ fn random_linear(g: &mut Gen, c: &ModelConfig) -> LinearAttnWeights {
 
 fn random_moe(g: &mut Gen, c: &ModelConfig) -> MoeWeights {
     let (h, i) = (c.hidden_size, c.moe_intermediate_size);
-    let mlp = |g: &mut Gen, i: usize| ExpertWeights { gate: g.linear(i, h), up: g.linear(i, h), down: g.linear(h, i) };
-    let experts = (0..c.num_experts).map(|_| mlp(g, i)).collect();
-    let shared =
-        c.shared_expert_intermediate_size.map(|is| SharedExpertWeights { mlp: mlp(g, is), gate: g.linear(1, h) });
-    MoeWeights { router: g.linear(c.num_experts, h), experts, shared }
+    let experts = (0..c.num_experts).map(|_| random_mlp(g, h, i)).collect();
+    let shared = c
+        .shared_expert_intermediate_size
+        .map(|is| SharedExpertWeights { mlp: random_mlp(g, h, is), gate: g.linear(1, h) });
+    let gate_format = g.quant.map(|f| QuantFormat { bits: 8, ..f });
+    let shared = shared.map(|mut s| {
+        s.gate = g.matrix(&[1, h], 1.0 / (h as f32).sqrt(), gate_format);
+        s
+    });
+    MoeWeights { router: g.matrix(&[c.num_experts, h], 1.0 / (h as f32).sqrt(), gate_format), experts, shared }
 }
+
+fn random_mlp(g: &mut Gen, h: usize, i: usize) -> ExpertWeights {
+    ExpertWeights { gate: g.linear(i, h), up: g.linear(i, h), down: g.linear(h, i) }
+}
+
+const BLOCK: usize = 1 << 16;
 
 struct Gen {
     seed: u64,
     next_stream: u64,
     dtype: DType,
+    quant: Option<QuantFormat>,
 }
 
 impl Gen {
     /// An [out, in] matrix whose rows map unit-variance inputs to unit-variance outputs.
     fn linear(&mut self, out: usize, inp: usize) -> Matrix {
-        self.matrix(&[out, inp], 1.0 / (inp as f32).sqrt())
+        self.matrix(&[out, inp], 1.0 / (inp as f32).sqrt(), self.quant)
     }
 
-    fn matrix(&mut self, shape: &[usize], std: f32) -> Matrix {
-        let values = self.values(shape.iter().product(), std * 3f32.sqrt());
+    /// Values uniform in ±std·√3 (standard deviation `std`), quantized when `quant` fits the rows.
+    fn matrix(&mut self, shape: &[usize], std: f32, quant: Option<QuantFormat>) -> Matrix {
+        let bound = std * 3f32.sqrt();
+        if let Some(f) = quant.filter(|f| f.fits(shape[1])) {
+            // Uniform q over [0, 2^bits) with scale 2·bound/(2^bits − 1) and bias −bound.
+            let (rows, cols) = (shape[0], shape[1]);
+            let words = self.words(rows * f.words_per_row(cols));
+            let groups = rows * cols / f.group;
+            let scale = bf16::from_f32(2.0 * bound / ((1u32 << f.bits) - 1) as f32);
+            return Matrix::Affine {
+                words: Tensor::from_u32(vec![rows, f.words_per_row(cols)], words),
+                scales: Tensor::from_bf16(vec![rows, cols / f.group], vec![scale; groups]),
+                biases: Tensor::from_bf16(vec![rows, cols / f.group], vec![bf16::from_f32(-bound); groups]),
+                format: f,
+                shape: shape.to_vec(),
+            };
+        }
+        let values = self.values(shape.iter().product(), bound);
         Matrix::Dense(match self.dtype {
             DType::BF16 => Tensor::from_bf16(shape.to_vec(), values.into_par_iter().map(bf16::from_f32).collect()),
             _ => Tensor::from_f32(shape.to_vec(), values),
         })
     }
 
-    /// `n` values uniform in [-bound, bound).
-    fn values(&mut self, n: usize, bound: f32) -> Vec<f32> {
-        const BLOCK: usize = 1 << 16;
-        let stream = self.next_stream;
-        self.next_stream += 1;
-        let seed = self.seed;
-        let mut v = vec![0f32; n];
+    /// `n` random 32-bit words.
+    fn words(&mut self, n: usize) -> Vec<u32> {
+        let rng = self.rng_factory();
+        let mut v = vec![0u32; n];
         v.par_chunks_mut(BLOCK).enumerate().for_each(|(b, chunk)| {
+            let mut rng = rng(b);
+            chunk.iter_mut().for_each(|x| *x = rng.random());
+        });
+        v
+    }
+
+    /// A new stream: block `b` of it gets its own generator, so blocks fill in parallel, reproducibly.
+    fn rng_factory(&mut self) -> impl Fn(usize) -> ChaCha8Rng + Sync {
+        let (seed, stream) = (self.seed, self.next_stream);
+        self.next_stream += 1;
+        move |b| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             rng.set_stream((stream << 32) | b as u64);
+            rng
+        }
+    }
+
+    /// `n` values uniform in [-bound, bound).
+    fn values(&mut self, n: usize, bound: f32) -> Vec<f32> {
+        let rng = self.rng_factory();
+        let mut v = vec![0f32; n];
+        v.par_chunks_mut(BLOCK).enumerate().for_each(|(b, chunk)| {
+            let mut rng = rng(b);
             chunk.iter_mut().for_each(|x| *x = rng.random_range(-bound..bound));
         });
         v

@@ -42,6 +42,7 @@ pub enum Elems<'a> {
 enum Data {
     F32(Arc<[f32]>),
     BF16(Arc<[bf16]>),
+    F16(Arc<[f16]>),
     U32(Arc<[u32]>),
     /// `len` bytes at `start` of a mapped file; `start` is aligned for `dtype` (checked on creation).
     Mapped { map: Arc<Mmap>, start: usize, dtype: DType },
@@ -66,23 +67,26 @@ impl Tensor {
         Tensor { shape, data: Data::BF16(values.into()), offset: 0 }
     }
 
+    pub fn from_u32(shape: Vec<usize>, values: Vec<u32>) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape {shape:?} does not match the data");
+        Tensor { shape, data: Data::U32(values.into()), offset: 0 }
+    }
+
     /// A tensor over `map[start..]`; copies the bytes instead when they are not aligned for `dtype`.
     pub fn mapped(shape: Vec<usize>, dtype: DType, map: Arc<Mmap>, start: usize) -> Tensor {
         let len: usize = shape.iter().product();
         if (map.as_ptr() as usize + start) % dtype.size() == 0 {
             return Tensor { shape, data: Data::Mapped { map, start, dtype }, offset: 0 };
         }
+        // Misaligned (some writers do not pad the safetensors header): copy, keeping the dtype.
         let bytes = &map[start..start + len * dtype.size()];
-        let values = match dtype {
-            DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-            DType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            DType::U32 => {
-                let words = bytes.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
-                return Tensor { shape, data: Data::U32(words), offset: 0 };
-            }
+        let data = match dtype {
+            DType::F32 => Data::F32(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()),
+            DType::BF16 => Data::BF16(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect()),
+            DType::F16 => Data::F16(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()),
+            DType::U32 => Data::U32(bytes.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect()),
         };
-        Tensor::from_f32(shape, values)
+        Tensor { shape, data, offset: 0 }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -101,6 +105,7 @@ impl Tensor {
         match &self.data {
             Data::F32(_) => DType::F32,
             Data::BF16(_) => DType::BF16,
+            Data::F16(_) => DType::F16,
             Data::U32(_) => DType::U32,
             Data::Mapped { dtype, .. } => *dtype,
         }
@@ -123,10 +128,8 @@ impl Tensor {
         let data = match self.elems() {
             Elems::U32(v) => Data::U32(order.iter().flat_map(|&r| v[r * row..(r + 1) * row].iter().copied()).collect()),
             Elems::BF16(v) => Data::BF16(order.iter().flat_map(|&r| v[r * row..(r + 1) * row].iter().copied()).collect()),
-            _ => {
-                let all = self.to_f32();
-                Data::F32(order.iter().flat_map(|&r| all[r * row..(r + 1) * row].iter().copied()).collect())
-            }
+            Elems::F16(v) => Data::F16(order.iter().flat_map(|&r| v[r * row..(r + 1) * row].iter().copied()).collect()),
+            Elems::F32(v) => Data::F32(order.iter().flat_map(|&r| v[r * row..(r + 1) * row].iter().copied()).collect()),
         };
         Tensor { shape, data, offset: 0 }
     }
@@ -143,6 +146,7 @@ impl Tensor {
         match &self.data {
             Data::F32(v) => Elems::F32(&v[r]),
             Data::BF16(v) => Elems::BF16(&v[r]),
+            Data::F16(v) => Elems::F16(&v[r]),
             Data::U32(v) => Elems::U32(&v[r]),
             Data::Mapped { map, start, dtype } => {
                 let bytes = &map[*start + r.start * dtype.size()..*start + r.end * dtype.size()];

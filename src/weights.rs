@@ -12,6 +12,7 @@ use crate::config::{Arch, LayerType, ModelConfig};
 use crate::quant::QuantFormat;
 use crate::tensor::Matrix;
 
+#[derive(Clone)]
 pub struct Weights {
     pub embed: Matrix,
     pub layers: Vec<LayerWeights>,
@@ -19,6 +20,7 @@ pub struct Weights {
     pub lm_head: Matrix,
 }
 
+#[derive(Clone)]
 pub struct LayerWeights {
     pub input_norm: Vec<f32>,
     pub post_attn_norm: Vec<f32>,
@@ -26,11 +28,13 @@ pub struct LayerWeights {
     pub moe: MoeWeights,
 }
 
+#[derive(Clone)]
 pub enum Mixer {
     Attention(AttentionWeights),
     Linear(LinearAttnWeights),
 }
 
+#[derive(Clone)]
 pub struct AttentionWeights {
     /// [nh·2·hd, H] with per-head [query | gate] rows when the output gate is on, else [nh·hd, H].
     pub q_proj: Matrix,
@@ -41,6 +45,7 @@ pub struct AttentionWeights {
     pub k_norm: Vec<f32>,
 }
 
+#[derive(Clone)]
 pub struct LinearAttnWeights {
     /// [2·Kd + Vd, H]: q of all key heads, k of all key heads, v of all value heads.
     pub in_proj_qkv: Matrix,
@@ -56,18 +61,21 @@ pub struct LinearAttnWeights {
     pub out_proj: Matrix,
 }
 
+#[derive(Clone)]
 pub struct MoeWeights {
     pub router: Matrix,
     pub experts: Vec<ExpertWeights>,
     pub shared: Option<SharedExpertWeights>,
 }
 
+#[derive(Clone)]
 pub struct ExpertWeights {
     pub gate: Matrix,
     pub up: Matrix,
     pub down: Matrix,
 }
 
+#[derive(Clone)]
 pub struct SharedExpertWeights {
     pub mlp: ExpertWeights,
     /// [1, H]: sigmoid(gate · x) scales the shared expert's output.

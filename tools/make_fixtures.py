@@ -59,6 +59,26 @@ def reference_logits(m, ids):
     return full.float().numpy(), torch.cat(rows).float().numpy()
 
 
+def quantized_8bit_logits(m, ids):
+    """Logits of `m` after every matrix floe's `convert --bits 8 --group-size 64` quantizes went through
+    mx.quantize/dequantize (bf16 scales and biases, as floe stores them). floe's converted model must match these
+    closely: tiny random models are far too sensitive (routing flips) to compare with the unquantized logits."""
+    import copy
+    import mlx.core as mx
+    q = copy.deepcopy(m)
+
+    def qdq(w):
+        qw, sc, bi = mx.quantize(mx.array(w.numpy()), group_size=64, bits=8)
+        sc, bi = sc.astype(mx.bfloat16).astype(mx.float32), bi.astype(mx.bfloat16).astype(mx.float32)
+        return torch.tensor(np.array(mx.dequantize(qw, sc, bi, group_size=64, bits=8)))
+
+    with torch.no_grad():
+        for n, p in q.named_parameters():
+            if p.ndim >= 2 and p.shape[-1] % 64 == 0 and "conv1d" not in n:
+                p.copy_(torch.stack([qdq(x) for x in p]) if p.ndim == 3 else qdq(p))
+        return q(ids).logits[0].float().numpy()
+
+
 def write_fixture(name, m, ids, config, tensors_by_file, index=None):
     d = os.path.join(FIXTURES, name)
     shutil.rmtree(d, ignore_errors=True)
@@ -66,6 +86,7 @@ def write_fixture(name, m, ids, config, tensors_by_file, index=None):
     full, decode = reference_logits(m, ids)
     np.save(os.path.join(d, "logits_full.npy"), full)
     np.save(os.path.join(d, "logits_prefill_decode.npy"), decode)
+    np.save(os.path.join(d, "logits_q8.npy"), quantized_8bit_logits(m, ids))
     with open(os.path.join(d, "tokens.json"), "w") as f:
         json.dump({"tokens": ids[0].tolist(), "prefill": PREFILL}, f)
     with open(os.path.join(d, "config.json"), "w") as f:

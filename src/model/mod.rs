@@ -37,10 +37,19 @@ pub enum LayerState {
 }
 
 impl Model {
-    /// Loads a Hugging Face checkpoint directory (config.json + safetensors).
+    /// Loads a model directory: a floe model (floe.json), or a Hugging Face or mlx-community checkpoint
+    /// (config.json + safetensors), read in place.
     pub fn load(dir: &Path) -> Result<Model> {
         if !dir.is_dir() {
             bail!("model directory {} does not exist", dir.display());
+        }
+        if crate::format::is_floe_dir(dir) {
+            let floe = crate::format::FloeModel::open(dir)?;
+            let weights = floe.weights().with_context(|| format!("loading {}", dir.display()))?;
+            return Ok(Model { config: floe.manifest.config, weights });
+        }
+        if dir.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".partial")) {
+            bail!("{} is an interrupted conversion, not a model: run `floe convert` again", dir.display());
         }
         let config = ModelConfig::load(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
