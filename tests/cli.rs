@@ -64,21 +64,27 @@ fn wrong_path_is_one_clear_error() {
 
 #[test]
 fn unsupported_model_type_is_one_clear_error() {
+    error_with_config(|c| c["model_type"] = "llama".into(), "unsupported model_type `llama`");
+}
+
+/// The error `floe logits` gives on a copy of the Qwen3-MoE fixture whose config.json `edit` changed.
+fn error_with_config(edit: impl FnOnce(&mut serde_json::Value), expected: &str) {
     let tmp = copy_fixture("qwen3_moe");
-    std::fs::write(tmp.path().join("config.json"), r#"{"model_type": "llama", "hidden_size": 64}"#).unwrap();
-    let out = logits_cmd(tmp.path(), "1,2", &tmp.path().join("x.npy"));
-    assert_clean_error(&out, "unsupported model_type `llama`");
+    let path = tmp.path().join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+    assert_clean_error(&logits_cmd(tmp.path(), "1,2", &tmp.path().join("x.npy")), expected);
 }
 
 #[test]
 fn missing_config_field_is_named() {
-    let tmp = copy_fixture("qwen3_moe");
-    let path = tmp.path().join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config.as_object_mut().unwrap().remove("num_experts_per_tok");
-    std::fs::write(&path, config.to_string()).unwrap();
-    let out = logits_cmd(tmp.path(), "1,2", &tmp.path().join("x.npy"));
-    assert_clean_error(&out, "missing field `num_experts_per_tok`");
+    error_with_config(
+        |c| {
+            c.as_object_mut().unwrap().remove("num_experts_per_tok");
+        },
+        "missing field `num_experts_per_tok`",
+    );
 }
 
 #[test]
@@ -105,13 +111,10 @@ fn missing_tensor_is_one_clear_error() {
 
 #[test]
 fn wrong_shape_names_tensor_and_shapes() {
-    let tmp = copy_fixture("qwen3_moe");
-    let path = tmp.path().join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config["moe_intermediate_size"] = 16.into();
-    std::fs::write(&path, config.to_string()).unwrap();
-    let out = logits_cmd(tmp.path(), "1,2", &tmp.path().join("x.npy"));
-    assert_clean_error(&out, "tensor model.layers.0.mlp.experts.0.gate_proj.weight: expected shape [16, 64], found [32, 64]");
+    error_with_config(
+        |c| c["moe_intermediate_size"] = 16.into(),
+        "tensor model.layers.0.mlp.experts.0.gate_proj.weight: expected shape [16, 64], found [32, 64]",
+    );
 }
 
 #[test]
