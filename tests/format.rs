@@ -158,9 +158,10 @@ fn damaged_or_incomplete_models_give_clear_errors() {
     std::fs::OpenOptions::new().write(true).open(&layer).unwrap().set_len(len - 1).unwrap();
     assert!(stderr_line(&run()).contains("layer_001.bin is truncated"));
 
-    // What an interrupted conversion leaves is not a model.
+    // What an interrupted conversion leaves is not a model, even once its manifest is written.
     let partial = floe::convert::partial_path(&tmp.path().join("other"));
     std::fs::create_dir_all(&partial).unwrap();
+    std::fs::copy(dst.join("floe.json"), partial.join("floe.json")).unwrap();
     let line = stderr_line(&floe(&["logits", "--model", partial.to_str().unwrap(), "--tokens", "1", "--out", "y.npy"]));
     assert!(line.contains("interrupted conversion"), "{line}");
 }

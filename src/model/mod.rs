@@ -43,13 +43,13 @@ impl Model {
         if !dir.is_dir() {
             bail!("model directory {} does not exist", dir.display());
         }
+        if dir.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".partial")) {
+            bail!("{} is an interrupted conversion, not a model: run `floe convert` again", dir.display());
+        }
         if crate::format::is_floe_dir(dir) {
             let floe = crate::format::FloeModel::open(dir)?;
             let weights = floe.weights().with_context(|| format!("loading {}", dir.display()))?;
             return Ok(Model { config: floe.manifest.config, weights });
-        }
-        if dir.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".partial")) {
-            bail!("{} is an interrupted conversion, not a model: run `floe convert` again", dir.display());
         }
         let config = ModelConfig::load(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
