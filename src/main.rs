@@ -214,7 +214,8 @@ fn synth(args: SynthArgs) -> Result<()> {
     let final_norm = vec![1.0; config.hidden_size];
     let out = Output { dst: &args.dst, force: args.force, side_files_from: None };
     let start = std::time::Instant::now();
-    let expert = random.layer(0).moe.experts[0].gate.size_bytes() as u64 * 3;
+    let e = random.expert();
+    let expert = (e.gate.size_bytes() + e.up.size_bytes() + e.down.size_bytes()) as u64;
     let total = expert * (config.num_experts * config.num_layers()) as u64;
     convert::write_model(&out, &config, QuantPlan::KEEP, (&embed, &lm_head, &final_norm), |i| Ok(random.layer(i)), total)?;
     let bytes = dir_bytes(&args.dst)?;

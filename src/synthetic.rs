@@ -66,6 +66,9 @@ pub fn preset(name: &str, layers: Option<usize>) -> anyhow::Result<ModelConfig> 
         "qwen3-30b-a3b" => (Arch::Qwen3Moe, 2048, 48, 32, 4, 128, (0, 0), 128, 8, (768, 0), 151936, 1e6),
         _ => anyhow::bail!("unknown preset `{name}` (known: {})", PRESETS.join(", ")),
     };
+    if layers == Some(0) {
+        anyhow::bail!("--layers must be at least 1");
+    }
     let n = layers.unwrap_or(n).min(n);
     let linear = arch != Arch::Qwen3Moe;
     Ok(ModelConfig {
