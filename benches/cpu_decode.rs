@@ -20,7 +20,7 @@ fn main() {
     println!("built 2-layer qwen3.5-35b-a3b-shaped model (bf16) in {:.1} s", start.elapsed().as_secs_f64());
 
     let prompt: Vec<u32> = (0..16).map(|i| 1000 + 37 * i).collect();
-    let mut state = model.new_state();
+    let mut state = model.new_state().expect("state");
     let start = Instant::now();
     let mut logits = model.forward(&prompt, &mut state, Logits::Last).unwrap();
     let prefill = start.elapsed().as_secs_f64();

@@ -1,9 +1,303 @@
-//! CPU kernels in f32, parallel with rayon. They are the reference every other backend is compared with, so they
-//! favour plain, obviously-correct loops; the matmul is the only one written for speed (it dominates decode).
+//! The CPU backend: kernels in f32, parallel with rayon. They are the reference every other backend is compared
+//! with, so they favour plain, obviously-correct loops; the matmul is the only one written for speed (it dominates
+//! decode).
 
+use anyhow::Result;
 use rayon::prelude::*;
 
+use crate::backend::Backend;
+use crate::config::LinearAttnConfig;
 use crate::tensor::{Elems, Matrix};
+use crate::weights::{ExpertWeights, LinearAttnWeights, Storage};
+
+// ---- The CPU backend ------------------------------------------------------------------------------------------
+
+/// The CPU backend: weights read in place from host memory (mapped files or owned arrays), f32 compute.
+#[derive(Clone, Copy, Default)]
+pub struct Cpu;
+
+impl Storage for Cpu {
+    type Matrix = Matrix;
+    type Vector = Vec<f32>;
+    type Experts = Vec<ExpertWeights>;
+}
+
+/// Keys (post-norm, post-RoPE) and values, `[len, kv_heads · head_dim]` each.
+pub struct KvCache {
+    pub keys: Vec<f32>,
+    pub values: Vec<f32>,
+}
+
+/// A linear-attention layer's states.
+pub struct LinearState {
+    /// The last `kernel - 1` pre-conv inputs `[kernel - 1, channels]` (zeros at the start of a sequence).
+    pub conv: Vec<f32>,
+    /// The delta-rule state `[Hv, dk, dv]`.
+    pub recurrent: Vec<f32>,
+}
+
+impl Backend for Cpu {
+    type Act = Vec<f32>;
+    /// Per token, its experts and their weights.
+    type Routing = Vec<Vec<(usize, f32)>>;
+    type KvCache = KvCache;
+    type LinearState = LinearState;
+
+    fn new_kv_cache(&self, _kv_width: usize) -> Result<KvCache> {
+        Ok(KvCache { keys: vec![], values: vec![] })
+    }
+
+    fn new_linear_state(&self, l: &LinearAttnConfig) -> Result<LinearState> {
+        Ok(LinearState {
+            conv: vec![0.0; (l.conv_kernel - 1) * l.conv_channels()],
+            recurrent: vec![0.0; l.num_value_heads * l.key_head_dim * l.value_head_dim],
+        })
+    }
+
+    fn embed(&self, table: &Matrix, tokens: &[u32]) -> Result<Vec<f32>> {
+        Ok(embed_rows(table, tokens))
+    }
+
+    fn matmul(&self, x: &Vec<f32>, w: &Matrix) -> Vec<f32> {
+        matmul(x, x.len() / w.shape()[1], w)
+    }
+
+    fn rms_norm(&self, x: &Vec<f32>, weight: &Vec<f32>, dim: usize, eps: f32) -> Vec<f32> {
+        let mut y = x.clone();
+        rms_norm(&mut y, dim, weight, eps);
+        y
+    }
+
+    fn rms_norm_gated(&self, x: &Vec<f32>, weight: &Vec<f32>, z: &Vec<f32>, dim: usize, eps: f32) -> Vec<f32> {
+        let mut y = self.rms_norm(x, weight, dim, eps);
+        y.iter_mut().zip(z).for_each(|(v, zv)| *v *= silu(*zv));
+        y
+    }
+
+    fn split_heads(&self, x: &Vec<f32>, width: usize) -> (Vec<f32>, Vec<f32>) {
+        let (mut first, mut second) = (Vec::with_capacity(x.len() / 2), Vec::with_capacity(x.len() / 2));
+        for row in x.chunks(2 * width) {
+            first.extend_from_slice(&row[..width]);
+            second.extend_from_slice(&row[width..]);
+        }
+        (first, second)
+    }
+
+    fn rope(&self, x: &mut Vec<f32>, heads: usize, head_dim: usize, rot: usize, pos0: usize, theta: f64) {
+        rope(x, heads, head_dim, rot, pos0, theta)
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        cache: &mut KvCache,
+        _pos0: usize,
+        (nh, nkv): (usize, usize),
+        hd: usize,
+    ) -> Result<Vec<f32>> {
+        cache.keys.extend_from_slice(k);
+        cache.values.extend_from_slice(v);
+        Ok(attention(q, q.len() / (nh * hd), nh, nkv, hd, &cache.keys, &cache.values))
+    }
+
+    fn gated_delta_net(
+        &self,
+        l: &LinearAttnConfig,
+        w: &LinearAttnWeights,
+        x: &Vec<f32>,
+        b: &Vec<f32>,
+        a: &Vec<f32>,
+        state: &mut LinearState,
+    ) -> Vec<f32> {
+        let conv = conv1d_silu(x, &w.conv1d, l.conv_channels(), l.conv_kernel, &mut state.conv);
+        delta_rule(l, &conv, b, a, &w.a_log, &w.dt_bias, &mut state.recurrent)
+    }
+
+    fn mul_sigmoid(&self, x: &mut Vec<f32>, gate: &Vec<f32>) {
+        x.iter_mut().zip(gate).for_each(|(v, g)| *v *= sigmoid(*g));
+    }
+
+    fn swiglu(&self, gate: &Vec<f32>, up: &Vec<f32>) -> Vec<f32> {
+        gate.iter().zip(up).map(|(g, u)| silu(*g) * u).collect()
+    }
+
+    fn add(&self, acc: &mut Vec<f32>, x: &Vec<f32>) {
+        acc.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+    }
+
+    fn route(&self, logits: &Vec<f32>, experts: usize, k: usize, renormalize: bool) -> Self::Routing {
+        logits.chunks(experts).map(|row| route(row, k, renormalize)).collect()
+    }
+
+    /// Each expert runs once over all the tokens routed to it (a batched prefill reads each expert once).
+    fn experts(&self, x: &Vec<f32>, routing: &Self::Routing, experts: &Vec<ExpertWeights>) -> Result<Vec<f32>> {
+        let k = routing.first().map_or(0, |r| r.len());
+        let h = x.len() / routing.len().max(1);
+        let mut rows_of_expert: Vec<Vec<(usize, usize)>> = vec![Vec::new(); experts.len()];
+        for (tok, chosen) in routing.iter().enumerate() {
+            for (j, &(e, _)) in chosen.iter().enumerate() {
+                rows_of_expert[e].push((tok, tok * k + j));
+            }
+        }
+        let mut out = vec![0f32; routing.len() * k * h];
+        for (e, rows) in rows_of_expert.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            let xs: Vec<f32> = rows.iter().flat_map(|&(tok, _)| x[tok * h..(tok + 1) * h].iter().copied()).collect();
+            let y = swiglu_mlp(&experts[e], &xs, rows.len());
+            for (&(_, row), yr) in rows.iter().zip(y.chunks(h)) {
+                out[row * h..(row + 1) * h].copy_from_slice(yr);
+            }
+        }
+        Ok(out)
+    }
+
+    fn moe_combine(
+        &self,
+        hidden: &mut Vec<f32>,
+        expert_out: &Vec<f32>,
+        routing: &Self::Routing,
+        shared: Option<(&Vec<f32>, &Vec<f32>)>,
+        h: usize,
+    ) {
+        let mut y = vec![0f32; h];
+        for (tok, chosen) in routing.iter().enumerate() {
+            y.fill(0.0);
+            for (j, &(_, weight)) in chosen.iter().enumerate() {
+                let o = &expert_out[(tok * chosen.len() + j) * h..][..h];
+                y.iter_mut().zip(o).for_each(|(yv, ov)| *yv += weight * ov);
+            }
+            if let Some((out, gate)) = shared {
+                let g = sigmoid(gate[tok]);
+                y.iter_mut().zip(&out[tok * h..(tok + 1) * h]).for_each(|(yv, ov)| *yv += g * ov);
+            }
+            hidden[tok * h..(tok + 1) * h].iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+        }
+    }
+
+    fn last_row(&self, x: &Vec<f32>, width: usize) -> Vec<f32> {
+        x[x.len() - width..].to_vec()
+    }
+
+    fn read(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(x.clone())
+    }
+}
+
+// ---- Kernels (the CPU twins of the GPU kernels) -------------------------------------------------------------
+
+/// down · (silu(gate · x) ⊙ (up · x)) over `t` tokens.
+fn swiglu_mlp(w: &ExpertWeights, x: &[f32], t: usize) -> Vec<f32> {
+    let gate = matmul(x, t, &w.gate);
+    let up = matmul(x, t, &w.up);
+    let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| silu(*g) * u).collect();
+    matmul(&act, t, &w.down)
+}
+
+/// The experts a token goes to and their weights: softmax over all router logits, the `k` largest (ties to the
+/// lower index), renormalized to sum to 1 when `renormalize`. Sorted by expert index.
+pub fn route(logits: &[f32], k: usize, renormalize: bool) -> Vec<(usize, f32)> {
+    let mut p = logits.to_vec();
+    softmax(&mut p);
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&i, &j| p[j].total_cmp(&p[i]).then(i.cmp(&j)));
+    let mut top: Vec<(usize, f32)> = order[..k].iter().map(|&e| (e, p[e])).collect();
+    if renormalize {
+        let sum: f32 = top.iter().map(|(_, w)| w).sum();
+        top.iter_mut().for_each(|(_, w)| *w /= sum);
+    }
+    top.sort_by_key(|&(e, _)| e);
+    top
+}
+
+/// Causal depthwise conv over time of `x [t, channels]` with taps `w [channels, kernel]`, then SiLU. `state` holds
+/// the previous `kernel - 1` inputs and is updated; tap `kernel - 1` multiplies the current token.
+pub fn conv1d_silu(x: &[f32], w: &[f32], channels: usize, kernel: usize, state: &mut Vec<f32>) -> Vec<f32> {
+    let t = x.len() / channels;
+    let mut padded = std::mem::take(state);
+    padded.extend_from_slice(x);
+    let mut out = vec![0f32; t * channels];
+    for (i, row) in out.chunks_mut(channels).enumerate() {
+        for (ch, o) in row.iter_mut().enumerate() {
+            let taps = &w[ch * kernel..(ch + 1) * kernel];
+            let sum: f32 = taps.iter().enumerate().map(|(j, wj)| wj * padded[(i + j) * channels + ch]).sum();
+            *o = silu(sum);
+        }
+    }
+    *state = padded.split_off(t * channels);
+    out
+}
+
+/// Gated DeltaNet's recurrence over `conv [t, channels]` (q of all key heads | k | v), per value head (value head
+/// hh reads key head hh / (hv / hk)), token by token:
+///   q, k L2-normalized (q also × 1/sqrt(dk));  S ← exp(g)·S;  δ = β·(v − Sᵀk);  S ← S + k δᵀ;  o = Sᵀq
+/// with S `[dk, dv]`, β = sigmoid(b), g = −exp(a_log)·softplus(a + dt_bias). Returns `[t, hv·dv]`.
+pub fn delta_rule(
+    l: &LinearAttnConfig,
+    conv: &[f32],
+    b: &[f32],
+    a: &[f32],
+    a_log: &[f32],
+    dt_bias: &[f32],
+    recurrent: &mut [f32],
+) -> Vec<f32> {
+    let (hk, hv, dk, dv) = (l.num_key_heads, l.num_value_heads, l.key_head_dim, l.value_head_dim);
+    let (kd, channels) = (hk * dk, l.conv_channels());
+    let t = conv.len() / channels;
+    let mut q = vec![0f32; t * kd];
+    let mut k = vec![0f32; t * kd];
+    for i in 0..t {
+        let row = &conv[i * channels..(i + 1) * channels];
+        q[i * kd..(i + 1) * kd].copy_from_slice(&row[..kd]);
+        k[i * kd..(i + 1) * kd].copy_from_slice(&row[kd..2 * kd]);
+    }
+    // Per key head; eps inside the sqrt of the sum, as the reference does.
+    let l2 = |u: &mut [f32], extra: f32| {
+        for head in u.chunks_mut(dk) {
+            let inv = 1.0 / (head.iter().map(|v| v * v).sum::<f32>() + 1e-6).sqrt() * extra;
+            head.iter_mut().for_each(|v| *v *= inv);
+        }
+    };
+    l2(&mut q, 1.0 / (dk as f32).sqrt());
+    l2(&mut k, 1.0);
+
+    let per_key = hv / hk;
+    let mut out = vec![0f32; t * hv * dv];
+    let mut per_head: Vec<Vec<f32>> = vec![Vec::new(); hv];
+    recurrent.par_chunks_mut(dk * dv).zip(per_head.par_iter_mut()).enumerate().for_each(|(hh, (s, o_head))| {
+        let kh = hh / per_key;
+        let decay_rate = -a_log[hh].exp();
+        let mut kv = vec![0f32; dv];
+        o_head.resize(t * dv, 0.0);
+        for i in 0..t {
+            let qi = &q[i * kd + kh * dk..i * kd + (kh + 1) * dk];
+            let ki = &k[i * kd + kh * dk..i * kd + (kh + 1) * dk];
+            let vi = &conv[i * channels + 2 * kd + hh * dv..i * channels + 2 * kd + (hh + 1) * dv];
+            let beta = sigmoid(b[i * hv + hh]);
+            let decay = (decay_rate * softplus(a[i * hv + hh] + dt_bias[hh])).exp();
+            s.iter_mut().for_each(|v| *v *= decay);
+            kv.fill(0.0);
+            for (row, &kr) in s.chunks(dv).zip(ki) {
+                kv.iter_mut().zip(row).for_each(|(acc, sv)| *acc += sv * kr);
+            }
+            for (row, &kr) in s.chunks_mut(dv).zip(ki) {
+                for ((sv, &vj), &kvj) in row.iter_mut().zip(vi).zip(&kv) {
+                    *sv += kr * (vj - kvj) * beta;
+                }
+            }
+            let o = &mut o_head[i * dv..(i + 1) * dv];
+            for (row, &qr) in s.chunks(dv).zip(qi) {
+                o.iter_mut().zip(row).for_each(|(acc, sv)| *acc += sv * qr);
+            }
+        }
+    });
+    for (hh, o_head) in per_head.iter().enumerate() {
+        for i in 0..t {
+            out[(i * hv + hh) * dv..(i * hv + hh + 1) * dv].copy_from_slice(&o_head[i * dv..(i + 1) * dv]);
+        }
+    }
+    out
+}
 
 /// `x [t, in] · wᵀ` for `w [out, in]` in any stored dtype: returns `[t, out]`. Each weight row is read once (and
 /// converted to f32 once) for all `t` tokens, so a batched prefill costs one pass over the weights.

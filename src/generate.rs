@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use tokenizers::Tokenizer;
 
+use crate::backend::Backend;
 use crate::model::{Logits, Model};
 
 /// The built-in default model's tokenizer: a 512-token byte-level BPE made by tools/make_fixtures.py.
@@ -32,8 +33,8 @@ pub struct Stats {
 
 /// Generates up to `max_tokens` tokens after `prompt` (greedy), calling `emit` with each new piece of text. Text
 /// is emitted only up to the last complete UTF-8 character, so a character split across tokens is never broken.
-pub fn generate(
-    model: &Model,
+pub fn generate<B: Backend>(
+    model: &Model<B>,
     tokenizer: &Tokenizer,
     prompt: &str,
     max_tokens: usize,
@@ -45,7 +46,7 @@ pub fn generate(
         anyhow::bail!("the prompt is empty");
     }
     let start = Instant::now();
-    let mut state = model.new_state();
+    let mut state = model.new_state()?;
     let mut logits = model.forward(&prompt_ids, &mut state, Logits::Last).context("prefill")?;
     let time_to_first_token = start.elapsed();
     let mut generated: Vec<u32> = Vec::new();

@@ -4,6 +4,7 @@
 //! (writes floe's [`format`], quantized by [`quant`]) → [`model`] (state and forward pass, on the [`cpu`]
 //! kernels) → [`generate`] (tokens to text).
 
+pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;

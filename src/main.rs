@@ -177,7 +177,7 @@ fn logits(args: LogitsArgs) -> Result<()> {
     if prefill == 0 || prefill > t {
         bail!("--prefill {prefill} must be between 1 and the number of tokens ({t})");
     }
-    let mut state = model.new_state();
+    let mut state = model.new_state()?;
     let mut out = model.forward(&args.tokens[..prefill], &mut state, Logits::All).context("prefill")?;
     for &token in &args.tokens[prefill..] {
         out.extend(model.forward(&[token], &mut state, Logits::All).context("decode")?);

@@ -107,7 +107,7 @@ pub fn random_model(c: &ModelConfig, seed: u64, dtype: DType) -> Model {
     let (embed, lm_head) = (r.embed(), r.lm_head());
     let layers = (0..c.num_layers()).map(|i| r.layer(i)).collect();
     let final_norm = vec![1.0; c.hidden_size];
-    Model { config: c.clone(), weights: Weights { embed, layers, final_norm, lm_head } }
+    Model { config: c.clone(), weights: Weights { embed, layers, final_norm, lm_head }, backend: crate::cpu::Cpu }
 }
 
 /// Random weights for config `c`, made one piece at a time (so `floe synth` never holds more than one layer).

@@ -9,77 +9,152 @@ use anyhow::{bail, Context, Result};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Arch, LayerType, ModelConfig};
+use crate::cpu::Cpu;
 use crate::quant::QuantFormat;
 use crate::tensor::Matrix;
 
-#[derive(Clone)]
-pub struct Weights {
-    pub embed: Matrix,
-    pub layers: Vec<LayerWeights>,
-    pub final_norm: Vec<f32>,
-    pub lm_head: Matrix,
+/// Where a backend keeps weights: the CPU reads [`Matrix`] and `Vec<f32>` in place (the default, [`Cpu`]); the
+/// GPU backend holds its own copies in GPU buffers ([`crate::gpu::Gpu`]). One model layout serves both.
+pub trait Storage {
+    type Matrix: Clone;
+    type Vector: Clone;
+    /// One layer's routed experts.
+    type Experts: Clone;
 }
 
 #[derive(Clone)]
-pub struct LayerWeights {
-    pub input_norm: Vec<f32>,
-    pub post_attn_norm: Vec<f32>,
-    pub mixer: Mixer,
-    pub moe: MoeWeights,
+pub struct Weights<S: Storage = Cpu> {
+    pub embed: S::Matrix,
+    pub layers: Vec<LayerWeights<S>>,
+    pub final_norm: S::Vector,
+    pub lm_head: S::Matrix,
 }
 
 #[derive(Clone)]
-pub enum Mixer {
-    Attention(AttentionWeights),
-    Linear(LinearAttnWeights),
+pub struct LayerWeights<S: Storage = Cpu> {
+    pub input_norm: S::Vector,
+    pub post_attn_norm: S::Vector,
+    pub mixer: Mixer<S>,
+    pub moe: MoeWeights<S>,
 }
 
 #[derive(Clone)]
-pub struct AttentionWeights {
+pub enum Mixer<S: Storage = Cpu> {
+    Attention(AttentionWeights<S>),
+    Linear(LinearAttnWeights<S>),
+}
+
+#[derive(Clone)]
+pub struct AttentionWeights<S: Storage = Cpu> {
     /// [nh·2·hd, H] with per-head [query | gate] rows when the output gate is on, else [nh·hd, H].
-    pub q_proj: Matrix,
-    pub k_proj: Matrix,
-    pub v_proj: Matrix,
-    pub o_proj: Matrix,
-    pub q_norm: Vec<f32>,
-    pub k_norm: Vec<f32>,
+    pub q_proj: S::Matrix,
+    pub k_proj: S::Matrix,
+    pub v_proj: S::Matrix,
+    pub o_proj: S::Matrix,
+    pub q_norm: S::Vector,
+    pub k_norm: S::Vector,
 }
 
 #[derive(Clone)]
-pub struct LinearAttnWeights {
+pub struct LinearAttnWeights<S: Storage = Cpu> {
     /// [2·Kd + Vd, H]: q of all key heads, k of all key heads, v of all value heads.
-    pub in_proj_qkv: Matrix,
-    pub in_proj_z: Matrix,
-    pub in_proj_b: Matrix,
-    pub in_proj_a: Matrix,
+    pub in_proj_qkv: S::Matrix,
+    pub in_proj_z: S::Matrix,
+    pub in_proj_b: S::Matrix,
+    pub in_proj_a: S::Matrix,
     /// [channels, kernel]: tap `kernel - 1` multiplies the current token.
-    pub conv1d: Vec<f32>,
-    pub a_log: Vec<f32>,
-    pub dt_bias: Vec<f32>,
+    pub conv1d: S::Vector,
+    pub a_log: S::Vector,
+    pub dt_bias: S::Vector,
     /// Gated RMSNorm weight (plain multiplier, per value-head dimension).
-    pub norm: Vec<f32>,
-    pub out_proj: Matrix,
+    pub norm: S::Vector,
+    pub out_proj: S::Matrix,
 }
 
 #[derive(Clone)]
-pub struct MoeWeights {
-    pub router: Matrix,
-    pub experts: Vec<ExpertWeights>,
-    pub shared: Option<SharedExpertWeights>,
+pub struct MoeWeights<S: Storage = Cpu> {
+    pub router: S::Matrix,
+    pub experts: S::Experts,
+    pub shared: Option<SharedExpertWeights<S>>,
 }
 
 #[derive(Clone)]
-pub struct ExpertWeights {
-    pub gate: Matrix,
-    pub up: Matrix,
-    pub down: Matrix,
+pub struct ExpertWeights<S: Storage = Cpu> {
+    pub gate: S::Matrix,
+    pub up: S::Matrix,
+    pub down: S::Matrix,
 }
 
 #[derive(Clone)]
-pub struct SharedExpertWeights {
-    pub mlp: ExpertWeights,
+pub struct SharedExpertWeights<S: Storage = Cpu> {
+    pub mlp: ExpertWeights<S>,
     /// [1, H]: sigmoid(gate · x) scales the shared expert's output.
-    pub gate: Matrix,
+    pub gate: S::Matrix,
+}
+
+/// How to move host weights into another storage (e.g. upload them to a GPU): one method per kind of part.
+pub trait Transfer<S: Storage> {
+    fn matrix(&mut self, name: &str, m: &Matrix) -> Result<S::Matrix>;
+    fn vector(&mut self, name: &str, v: &[f32]) -> Result<S::Vector>;
+    fn experts(&mut self, layer: usize, experts: &[ExpertWeights]) -> Result<S::Experts>;
+}
+
+impl Weights {
+    /// These weights in storage `S`, part by part (names are the floe format's canonical tensor names).
+    pub fn transfer<S: Storage>(&self, to: &mut impl Transfer<S>) -> Result<Weights<S>> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("layers.{i}.");
+            let mixer = match &l.mixer {
+                Mixer::Attention(a) => Mixer::Attention(AttentionWeights {
+                    q_proj: to.matrix(&format!("{p}attn.q_proj"), &a.q_proj)?,
+                    k_proj: to.matrix(&format!("{p}attn.k_proj"), &a.k_proj)?,
+                    v_proj: to.matrix(&format!("{p}attn.v_proj"), &a.v_proj)?,
+                    o_proj: to.matrix(&format!("{p}attn.o_proj"), &a.o_proj)?,
+                    q_norm: to.vector(&format!("{p}attn.q_norm"), &a.q_norm)?,
+                    k_norm: to.vector(&format!("{p}attn.k_norm"), &a.k_norm)?,
+                }),
+                Mixer::Linear(x) => Mixer::Linear(LinearAttnWeights {
+                    in_proj_qkv: to.matrix(&format!("{p}linear.in_proj_qkv"), &x.in_proj_qkv)?,
+                    in_proj_z: to.matrix(&format!("{p}linear.in_proj_z"), &x.in_proj_z)?,
+                    in_proj_b: to.matrix(&format!("{p}linear.in_proj_b"), &x.in_proj_b)?,
+                    in_proj_a: to.matrix(&format!("{p}linear.in_proj_a"), &x.in_proj_a)?,
+                    conv1d: to.vector(&format!("{p}linear.conv1d"), &x.conv1d)?,
+                    a_log: to.vector(&format!("{p}linear.a_log"), &x.a_log)?,
+                    dt_bias: to.vector(&format!("{p}linear.dt_bias"), &x.dt_bias)?,
+                    norm: to.vector(&format!("{p}linear.norm"), &x.norm)?,
+                    out_proj: to.matrix(&format!("{p}linear.out_proj"), &x.out_proj)?,
+                }),
+            };
+            let shared = match &l.moe.shared {
+                Some(s) => Some(SharedExpertWeights {
+                    mlp: ExpertWeights {
+                        gate: to.matrix(&format!("{p}moe.shared.gate"), &s.mlp.gate)?,
+                        up: to.matrix(&format!("{p}moe.shared.up"), &s.mlp.up)?,
+                        down: to.matrix(&format!("{p}moe.shared.down"), &s.mlp.down)?,
+                    },
+                    gate: to.matrix(&format!("{p}moe.shared_gate"), &s.gate)?,
+                }),
+                None => None,
+            };
+            layers.push(LayerWeights {
+                input_norm: to.vector(&format!("{p}input_norm"), &l.input_norm)?,
+                post_attn_norm: to.vector(&format!("{p}post_attn_norm"), &l.post_attn_norm)?,
+                mixer,
+                moe: MoeWeights {
+                    router: to.matrix(&format!("{p}moe.router"), &l.moe.router)?,
+                    experts: to.experts(i, &l.moe.experts)?,
+                    shared,
+                },
+            });
+        }
+        Ok(Weights {
+            embed: to.matrix("embed", &self.embed)?,
+            layers,
+            final_norm: to.vector("final_norm", &self.final_norm)?,
+            lm_head: to.matrix("lm_head", &self.lm_head)?,
+        })
+    }
 }
 
 /// Where a checkpoint keeps the text model: official Qwen3.5 releases nest it under `model.language_model.`,

@@ -27,7 +27,7 @@ fn convert(src: &Path, dst: &Path, extra: &[&str]) {
 /// Full-prefill logits of the fixture's tokens through a model loaded from `dir`.
 fn logits(dir: &Path, tokens: &[u32]) -> Vec<f32> {
     let model = Model::load(dir).unwrap();
-    model.forward(tokens, &mut model.new_state(), Logits::All).unwrap()
+    model.forward(tokens, &mut model.new_state().unwrap(), Logits::All).unwrap()
 }
 
 fn stderr_line(out: &Output) -> String {
@@ -53,7 +53,7 @@ fn mlx_checkpoints_convert_without_requantizing() {
         // And the prefill-then-decode path through the converted model.
         let model = Model::load(&dst).unwrap();
         let (tokens, prefill) = common::tokens(&src);
-        let mut state = model.new_state();
+        let mut state = model.new_state().unwrap();
         let mut out = model.forward(&tokens[..prefill], &mut state, Logits::All).unwrap();
         for &t in &tokens[prefill..] {
             out.extend(model.forward(&[t], &mut state, Logits::All).unwrap());
@@ -104,7 +104,7 @@ fn synth_writes_real_expert_records() {
     assert_eq!(m.manifest.experts.stride, 1_769_472);
     ok(floe(&["inspect", "--verify", dst.to_str().unwrap()]));
     let model = Model::load(&dst).unwrap();
-    let out = model.forward(&[1, 2, 3], &mut model.new_state(), Logits::Last).unwrap();
+    let out = model.forward(&[1, 2, 3], &mut model.new_state().unwrap(), Logits::Last).unwrap();
     assert!(out.iter().all(|v| v.is_finite()), "activations must stay finite");
 
     let config = floe::synthetic::preset("qwen3.5-397b-a17b", Some(1)).unwrap();

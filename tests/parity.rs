@@ -8,7 +8,7 @@ use floe::model::{Logits, Model};
 
 /// Logits of every position: the first `prefill` tokens as one batch, then one decode step per token.
 fn run(model: &Model, tokens: &[u32], prefill: usize) -> Vec<f32> {
-    let mut state = model.new_state();
+    let mut state = model.new_state().unwrap();
     let mut out = model.forward(&tokens[..prefill], &mut state, Logits::All).unwrap();
     for &t in &tokens[prefill..] {
         out.extend(model.forward(&[t], &mut state, Logits::All).unwrap());
@@ -39,8 +39,8 @@ fn last_position_logits_equal_all_positions_last_row() {
     let dir = fixture("qwen35_moe");
     let model = Model::load(&dir).unwrap();
     let (tokens, _) = tokens(&dir);
-    let all = model.forward(&tokens[..9], &mut model.new_state(), Logits::All).unwrap();
-    let last = model.forward(&tokens[..9], &mut model.new_state(), Logits::Last).unwrap();
+    let all = model.forward(&tokens[..9], &mut model.new_state().unwrap(), Logits::All).unwrap();
+    let last = model.forward(&tokens[..9], &mut model.new_state().unwrap(), Logits::Last).unwrap();
     assert_eq!(last, all[8 * model.config.vocab_size..]);
 }
 

@@ -6,13 +6,17 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::config::{LayerType, ModelConfig};
+use crate::cpu::Cpu;
 use crate::weights::Weights;
 
-pub struct Model {
+/// A model on a backend: its configuration, its weights where the backend keeps them, and the backend.
+pub struct Model<B: Backend = Cpu> {
     pub config: ModelConfig,
-    pub weights: Weights,
+    pub weights: Weights<B>,
+    pub backend: B,
 }
 
 /// Which positions of a forward pass need logits: all (for `floe logits`) or the last (generation).
@@ -23,17 +27,15 @@ pub enum Logits {
 }
 
 /// Everything a sequence carries from one forward call to the next.
-pub struct State {
+pub struct State<B: Backend = Cpu> {
     /// Tokens already processed (the position of the next one).
     pub pos: usize,
-    pub layers: Vec<LayerState>,
+    pub layers: Vec<LayerState<B>>,
 }
 
-pub enum LayerState {
-    /// Post-norm, post-RoPE keys and the values, `[pos, kv_heads, head_dim]` each.
-    Attention { keys: Vec<f32>, values: Vec<f32> },
-    /// The last `kernel - 1` pre-conv inputs `[kernel - 1, channels]` and the delta-rule state `[Hv, dk, dv]`.
-    Linear { conv: Vec<f32>, recurrent: Vec<f32> },
+pub enum LayerState<B: Backend = Cpu> {
+    Attention(B::KvCache),
+    Linear(B::LinearState),
 }
 
 impl Model {
@@ -49,42 +51,56 @@ impl Model {
         if crate::format::is_floe_dir(dir) {
             let floe = crate::format::FloeModel::open(dir)?;
             let weights = floe.weights().with_context(|| format!("loading {}", dir.display()))?;
-            return Ok(Model { config: floe.manifest.config, weights });
+            return Ok(Model { config: floe.manifest.config, weights, backend: Cpu });
         }
         let config = ModelConfig::load(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
         let weights = Weights::load(&checkpoint, &config).with_context(|| format!("loading {}", dir.display()))?;
-        Ok(Model { config, weights })
+        Ok(Model { config, weights, backend: Cpu })
     }
 
-    pub fn new_state(&self) -> State {
+    /// This model on another backend, its weights moved there.
+    pub fn to_backend<B: Backend>(&self, backend: B) -> Result<Model<B>>
+    where
+        B: WeightsFrom,
+    {
+        let weights = backend.weights_from(&self.weights)?;
+        Ok(Model { config: self.config.clone(), weights, backend })
+    }
+}
+
+/// A backend that can take host weights (uploading them, for a GPU).
+pub trait WeightsFrom: Backend {
+    fn weights_from(&self, host: &Weights) -> Result<Weights<Self>>;
+}
+
+impl<B: Backend> Model<B> {
+
+    pub fn new_state(&self) -> Result<State<B>> {
         let c = &self.config;
-        let layers = c
-            .layer_types
-            .iter()
-            .map(|lt| match lt {
-                LayerType::FullAttention => LayerState::Attention { keys: vec![], values: vec![] },
+        let mut layers = Vec::with_capacity(c.layer_types.len());
+        for lt in &c.layer_types {
+            layers.push(match lt {
+                LayerType::FullAttention => LayerState::Attention(self.backend.new_kv_cache(c.num_kv_heads * c.head_dim)?),
                 LayerType::LinearAttention => {
-                    let l = c.linear.as_ref().expect("linear layer without linear-attention config");
-                    LayerState::Linear {
-                        conv: vec![0.0; (l.conv_kernel - 1) * l.conv_channels()],
-                        recurrent: vec![0.0; l.num_value_heads * l.key_head_dim * l.value_head_dim],
-                    }
+                    let l = c.linear.as_ref().context("linear-attention layer without linear-attention config")?;
+                    LayerState::Linear(self.backend.new_linear_state(l)?)
                 }
-            })
-            .collect();
-        State { pos: 0, layers }
+            });
+        }
+        Ok(State { pos: 0, layers })
     }
 
     /// Runs `tokens` through the model after what `state` holds, updating it. Several tokens are one batched
     /// prefill; one token is a decode step. Returns logits `[n, vocab]` for the positions `which` selects.
-    pub fn forward(&self, tokens: &[u32], state: &mut State, which: Logits) -> Result<Vec<f32>> {
+    pub fn forward(&self, tokens: &[u32], state: &mut State<B>, which: Logits) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             bail!("no tokens to run");
         }
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             bail!("token id {bad} is outside the vocabulary (size {})", self.config.vocab_size);
         }
-        Ok(qwen35::forward(&self.config, &self.weights, tokens, state, which))
+        let logits = qwen35::forward(&self.backend, &self.config, &self.weights, tokens, state, which)?;
+        self.backend.read(&logits)
     }
 }

@@ -1,0 +1,86 @@
+//! The operations a forward pass is made of. Each architecture's forward pass (model/qwen35.rs) is written once
+//! against this trait; the CPU backend (cpu.rs, the reference) and the GPU backend (gpu/) implement it, and every
+//! GPU operation is tested against its CPU twin (tests/kernels.rs).
+//!
+//! Activations are `[rows, width]` f32 arrays whose width the operation knows from its weights or arguments.
+
+use anyhow::Result;
+
+use crate::config::LinearAttnConfig;
+use crate::weights::{LinearAttnWeights, Storage};
+
+pub trait Backend: Storage + Sized {
+    /// An f32 activation array.
+    type Act;
+    /// Which experts each token goes to, and with what weights.
+    type Routing;
+    /// One attention layer's keys and values so far.
+    type KvCache;
+    /// One linear-attention layer's conv and recurrent states.
+    type LinearState;
+
+    fn new_kv_cache(&self, kv_width: usize) -> Result<Self::KvCache>;
+    fn new_linear_state(&self, l: &LinearAttnConfig) -> Result<Self::LinearState>;
+
+    /// Rows `tokens` of the embedding table.
+    fn embed(&self, table: &Self::Matrix, tokens: &[u32]) -> Result<Self::Act>;
+    /// `x [t, in] · wᵀ` for `w [out, in]`: `[t, out]`.
+    fn matmul(&self, x: &Self::Act, w: &Self::Matrix) -> Self::Act;
+    /// RMSNorm of each `dim`-long row, times `weight`.
+    fn rms_norm(&self, x: &Self::Act, weight: &Self::Vector, dim: usize, eps: f32) -> Self::Act;
+    /// RMSNorm of each `dim`-long row, times `weight`, times silu(z).
+    fn rms_norm_gated(&self, x: &Self::Act, weight: &Self::Vector, z: &Self::Act, dim: usize, eps: f32) -> Self::Act;
+    /// Rows of `2·width` split in their halves: ([rows, width], [rows, width]).
+    fn split_heads(&self, x: &Self::Act, width: usize) -> (Self::Act, Self::Act);
+    /// Rotary embedding on the first `rot` dims of each head of `x [t, heads, head_dim]`, token i at `pos0 + i`.
+    #[allow(clippy::too_many_arguments)]
+    fn rope(&self, x: &mut Self::Act, heads: usize, head_dim: usize, rot: usize, pos0: usize, theta: f64);
+    /// Appends the new keys and values `[t, nkv·hd]` (at positions `pos0..`) to the cache, then runs causal
+    /// attention of `q [t, nh, hd]` over it: `[t, nh, hd]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        cache: &mut Self::KvCache,
+        pos0: usize,
+        heads: (usize, usize),
+        head_dim: usize,
+    ) -> Result<Self::Act>;
+    /// Gated DeltaNet's causal conv + SiLU over `x [t, channels]`, then its recurrence (updating `state`):
+    /// `[t, hv·dv]`. `b` and `a` are `[t, hv]`.
+    fn gated_delta_net(
+        &self,
+        l: &LinearAttnConfig,
+        w: &LinearAttnWeights<Self>,
+        x: &Self::Act,
+        b: &Self::Act,
+        a: &Self::Act,
+        state: &mut Self::LinearState,
+    ) -> Self::Act;
+    /// `x ·= sigmoid(gate)`, element-wise.
+    fn mul_sigmoid(&self, x: &mut Self::Act, gate: &Self::Act);
+    /// `silu(gate) · up`, element-wise.
+    fn swiglu(&self, gate: &Self::Act, up: &Self::Act) -> Self::Act;
+    /// `acc += x`, element-wise.
+    fn add(&self, acc: &mut Self::Act, x: &Self::Act);
+    /// Softmax over each token's router logits `[t, experts]`, the `k` largest (ties to the lower index),
+    /// renormalized to sum 1 when `renormalize`; each token's choice sorted by expert index.
+    fn route(&self, logits: &Self::Act, experts: usize, k: usize, renormalize: bool) -> Self::Routing;
+    /// Every routed expert's SwiGLU MLP on its tokens: `[t·k, hidden]`, row `i·k + j` for token i's j-th expert.
+    fn experts(&self, x: &Self::Act, routing: &Self::Routing, experts: &Self::Experts) -> Result<Self::Act>;
+    /// `hidden += Σ_j weight_j · expert_out_j (+ sigmoid(shared_gate) · shared_out)`, per token.
+    fn moe_combine(
+        &self,
+        hidden: &mut Self::Act,
+        expert_out: &Self::Act,
+        routing: &Self::Routing,
+        shared: Option<(&Self::Act, &Self::Act)>,
+        width: usize,
+    );
+    /// The last `width`-long row.
+    fn last_row(&self, x: &Self::Act, width: usize) -> Self::Act;
+    /// The values, in host memory (waits for the device).
+    fn read(&self, x: &Self::Act) -> Result<Vec<f32>>;
+}
