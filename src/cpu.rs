@@ -382,25 +382,35 @@ pub fn rms_norm(x: &mut [f32], dim: usize, scale: &[f32], eps: f32) {
 /// `x` is `[t, heads, head_dim]`; token `i` sits at position `pos0 + i`.
 pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, rot: usize, pos0: usize, theta: f64) {
     let half = rot / 2;
-    // As transformers does: inverse frequencies and angles in f32.
-    let inv_freq: Vec<f32> = (0..half).map(|j| (1.0 / theta.powf(2.0 * j as f64 / rot as f64)) as f32).collect();
+    let t = x.len() / (heads * head_dim);
+    let table = rope_table(pos0, t, rot, theta);
     for (i, tok) in x.chunks_mut(heads * head_dim).enumerate() {
-        let pos = (pos0 + i) as f32;
-        let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
-            .iter()
-            .map(|f| {
-                let a = (pos * f) as f64;
-                (a.cos() as f32, a.sin() as f32)
-            })
-            .unzip();
+        let cs = &table[i * half * 2..(i + 1) * half * 2];
         for head in tok.chunks_mut(head_dim) {
             for j in 0..half {
                 let (a, b) = (head[j], head[j + half]);
-                head[j] = a * cos[j] - b * sin[j];
-                head[j + half] = b * cos[j] + a * sin[j];
+                let (cos, sin) = (cs[2 * j], cs[2 * j + 1]);
+                head[j] = a * cos - b * sin;
+                head[j + half] = b * cos + a * sin;
             }
         }
     }
+}
+
+/// (cos, sin) of every rotary angle of positions `pos0..pos0 + t`: `[t, rot/2, 2]`. As transformers does:
+/// inverse frequencies and angles in f32 (the GPU backend uploads this same table).
+pub fn rope_table(pos0: usize, t: usize, rot: usize, theta: f64) -> Vec<f32> {
+    let half = rot / 2;
+    let inv_freq: Vec<f32> = (0..half).map(|j| (1.0 / theta.powf(2.0 * j as f64 / rot as f64)) as f32).collect();
+    let mut table = Vec::with_capacity(t * half * 2);
+    for i in 0..t {
+        let pos = (pos0 + i) as f32;
+        for f in &inv_freq {
+            let a = (pos * f) as f64;
+            table.extend_from_slice(&[a.cos() as f32, a.sin() as f32]);
+        }
+    }
+    table
 }
 
 /// Causal attention of `t` new queries `q [t, nh, hd]` over the cached `keys`/`values` `[len, nkv, hd]`, whose

@@ -11,6 +11,7 @@ pub mod convert;
 pub mod cpu;
 pub mod format;
 pub mod generate;
+pub mod gpu;
 pub mod model;
 pub mod npy;
 pub mod quant;

@@ -1,13 +1,14 @@
-//! The CPU forward pass against the reference logits of every fixture (transformers, or mlx-lm for quantized
-//! checkpoints): full prefill and prefill-then-decode.
+//! The forward pass on each backend against the reference logits of every fixture (transformers, or mlx-lm for
+//! quantized checkpoints): full prefill and prefill-then-decode.
 
 mod common;
 
 use common::*;
+use floe::backend::Backend;
 use floe::model::{Logits, Model};
 
 /// Logits of every position: the first `prefill` tokens as one batch, then one decode step per token.
-fn run(model: &Model, tokens: &[u32], prefill: usize) -> Vec<f32> {
+fn run<B: Backend>(model: &Model<B>, tokens: &[u32], prefill: usize) -> Vec<f32> {
     let mut state = model.new_state().unwrap();
     let mut out = model.forward(&tokens[..prefill], &mut state, Logits::All).unwrap();
     for &t in &tokens[prefill..] {
@@ -19,19 +20,40 @@ fn run(model: &Model, tokens: &[u32], prefill: usize) -> Vec<f32> {
 #[test]
 fn every_fixture_matches_its_reference() {
     for (name, tolerance) in FIXTURES {
-        let dir = fixture(name);
-        let model = Model::load(&dir).unwrap();
-        let (tokens, prefill) = tokens(&dir);
-        let (shape, full) = reference(&dir, "full");
-        assert_eq!(shape, [tokens.len(), model.config.vocab_size]);
-        let err = relative_error(&run(&model, &tokens, tokens.len()), &full);
-        println!("{name}: full prefill, relative error {err:.2e}");
-        assert!(err <= tolerance, "{name}: full prefill differs from the reference by {err:.2e}");
-        let (_, decode) = reference(&dir, "prefill_decode");
-        let err = relative_error(&run(&model, &tokens, prefill), &decode);
-        println!("{name}: prefill {prefill} then decode, relative error {err:.2e}");
-        assert!(err <= tolerance, "{name}: prefill-then-decode differs from the reference by {err:.2e}");
+        check_fixture(&Model::load(&fixture(name)).unwrap(), name, tolerance);
     }
+}
+
+/// On the GPU: within 1e-3 of the reference (the mlx fixtures at their own 1e-3), and the quantized ones
+/// within 1e-4 of the CPU backend.
+#[test]
+fn every_fixture_matches_its_reference_on_the_gpu() {
+    for (name, tolerance) in FIXTURES {
+        let Some(gpu) = gpu() else { return };
+        let host = Model::load(&fixture(name)).unwrap();
+        let model = host.to_backend(gpu).unwrap();
+        check_fixture(&model, name, tolerance.max(1e-3));
+        if name.contains("mlx") {
+            let (tokens, prefill) = tokens(&fixture(name));
+            let err = relative_error(&run(&model, &tokens, prefill), &run(&host, &tokens, prefill));
+            println!("{name}: GPU vs CPU backend, relative error {err:.2e}");
+            assert!(err <= 1e-4, "{name}: the GPU differs from the CPU backend by {err:.2e}");
+        }
+    }
+}
+
+fn check_fixture<B: Backend>(model: &Model<B>, name: &str, tolerance: f32) {
+    let dir = fixture(name);
+    let (tokens, prefill) = tokens(&dir);
+    let (shape, full) = reference(&dir, "full");
+    assert_eq!(shape, [tokens.len(), model.config.vocab_size]);
+    let err = relative_error(&run(model, &tokens, tokens.len()), &full);
+    println!("{name}: full prefill, relative error {err:.2e}");
+    assert!(err <= tolerance, "{name}: full prefill differs from the reference by {err:.2e}");
+    let (_, decode) = reference(&dir, "prefill_decode");
+    let err = relative_error(&run(model, &tokens, prefill), &decode);
+    println!("{name}: prefill {prefill} then decode, relative error {err:.2e}");
+    assert!(err <= tolerance, "{name}: prefill-then-decode differs from the reference by {err:.2e}");
 }
 
 #[test]

@@ -51,3 +51,17 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
     }
     tmp
 }
+
+/// The GPU for GPU tests: any adapter, software ones included (lavapipe in CI). None when there is none, which
+/// fails the test when FLOE_REQUIRE_GPU=1 (CI sets it) and skips it otherwise, saying so.
+pub fn gpu() -> Option<floe::gpu::Gpu> {
+    let gpu = floe::gpu::Gpu::open(floe::gpu::AdapterChoice::Any).expect("opening the GPU");
+    match &gpu {
+        Some(g) => eprintln!("GPU: {}", g.describe()),
+        None if std::env::var("FLOE_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("FLOE_REQUIRE_GPU=1 but there is no GPU adapter (install mesa-vulkan-drivers for lavapipe)")
+        }
+        None => eprintln!("skipped: no GPU adapter (FLOE_REQUIRE_GPU=1 makes this a failure)"),
+    }
+    gpu
+}

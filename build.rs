@@ -1,0 +1,101 @@
+//! Renders the WGSL kernel templates in wgsl/ into their specialized variants (weight format, tokens per pass, op),
+//! checks each with naga (validation, and translation to MSL so Metal is checked on every build) and writes them
+//! to OUT_DIR with a table the binary embeds (src/gpu/kernels.rs). An invalid kernel is a build error.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use minijinja::{context, Environment, Value};
+
+include!("src/gpu/shader_check.rs");
+
+/// A weight format a kernel can read: dense f32/bf16/f16, or MLX affine `q{bits}g{group}{scale dtype}`.
+fn formats() -> Vec<Value> {
+    let mut all = Vec::new();
+    for dtype in ["f32", "bf16", "f16"] {
+        let bytes = if dtype == "f32" { 4 } else { 2 };
+        all.push(context! { name => dtype, kind => "dense", dtype, wbytes => bytes, sbytes => bytes });
+    }
+    for bits in [2, 3, 4, 6, 8] {
+        for group in [32, 64, 128] {
+            for sdtype in ["bf16", "f16", "f32"] {
+                let name = format!("q{bits}g{group}{sdtype}");
+                let sbytes = if sdtype == "f32" { 4 } else { 2 };
+                all.push(context! { name, kind => "affine", bits, group, sdtype, wbytes => 4, sbytes });
+            }
+        }
+    }
+    all
+}
+
+/// Every kernel variant: (name, template, context).
+fn variants() -> Vec<(String, &'static str, Value)> {
+    let mut v = Vec::new();
+    for fmt in formats() {
+        let f = fmt.get_attr("name").unwrap().to_string();
+        for nt in [1, 8] {
+            v.push((format!("matmul_{f}_nt{nt}"), "matmul.wgsl", context! { fmt => fmt.clone(), nt }));
+        }
+        v.push((format!("expert_gate_up_{f}"), "expert_gate_up.wgsl", context! { fmt => fmt.clone() }));
+        v.push((format!("expert_down_{f}"), "expert_down.wgsl", context! { fmt => fmt.clone() }));
+        v.push((format!("embed_{f}"), "embed.wgsl", context! { fmt }));
+    }
+    for gated in [false, true] {
+        let name = if gated { "rms_norm_gated" } else { "rms_norm" };
+        v.push((name.to_string(), "rms_norm.wgsl", context! { gated }));
+    }
+    for shared in [false, true] {
+        let name = if shared { "moe_combine_shared" } else { "moe_combine" };
+        v.push((name.to_string(), "moe_combine.wgsl", context! { shared }));
+    }
+    for op in ["add", "mul_sigmoid", "swiglu", "split_heads", "copy"] {
+        v.push((op.to_string(), "elementwise.wgsl", context! { op }));
+    }
+    for plain in ["rope", "attention", "conv1d", "delta_rule", "router", "argmax"] {
+        v.push((plain.to_string(), Box::leak(format!("{plain}.wgsl").into_boxed_str()), context! {}));
+    }
+    v
+}
+
+fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let wgsl_dir = root.join("wgsl");
+    println!("cargo:rerun-if-changed=wgsl");
+    println!("cargo:rerun-if-changed=src/gpu/shader_check.rs");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("kernels");
+    std::fs::create_dir_all(&out).unwrap();
+
+    let mut env = Environment::new();
+    let syntax = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).keep_trailing_newline(true).build();
+    env.set_syntax(syntax.unwrap());
+    let dir = wgsl_dir.clone();
+    env.set_loader(move |name| match std::fs::read_to_string(dir.join(name)) {
+        Ok(s) => Ok(Some(s)),
+        Err(_) => Ok(None),
+    });
+
+    let mut table = String::from("pub static KERNELS: &[Kernel] = &[\n");
+    for (name, template, ctx) in variants() {
+        let source = env
+            .get_template(template)
+            .and_then(|t| t.render(ctx))
+            .unwrap_or_else(|e| panic!("rendering kernel {name} from wgsl/{template}: {e:#}"));
+        let bindings = check_kernel(&source).unwrap_or_else(|e| panic!("kernel {name} (wgsl/{template}) is invalid:\n{e}"));
+        write_if_changed(&out.join(format!("{name}.wgsl")), &source);
+        let b: Vec<String> = bindings.iter().map(|b| format!("({}, {})", b.binding, b.read_only)).collect();
+        writeln!(
+            table,
+            "    Kernel {{ name: {name:?}, template: {template:?}, source: include_str!(concat!(env!(\"OUT_DIR\"), \"/kernels/{name}.wgsl\")), bindings: &[{}] }},",
+            b.join(", ")
+        )
+        .unwrap();
+    }
+    table.push_str("];\n");
+    write_if_changed(&out.join("table.rs"), &table);
+}
+
+fn write_if_changed(path: &Path, contents: &str) {
+    if std::fs::read_to_string(path).ok().as_deref() != Some(contents) {
+        std::fs::write(path, contents).unwrap();
+    }
+}

@@ -1,0 +1,300 @@
+//! The GPU backend on wgpu: Vulkan (NVIDIA, AMD, Intel; lavapipe in CI), Metal, DX12. Kernels are the WGSL
+//! variants build.rs renders from wgsl/ (see kernels.rs); this module owns the device, the buffers and the
+//! recording of dispatches, and ops.rs implements the forward pass's operations with them.
+//!
+//! A forward pass records every dispatch into one compute pass and submits once, when its logits are read: the
+//! CPU waits for the GPU once per call. Activation buffers come from a pool keyed by size, and bind groups are
+//! cached by the buffers they bind, so a decode step allocates nothing after the first.
+
+pub mod kernels;
+mod ops;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use wgpu::util::DeviceExt;
+
+pub use ops::{GpuExperts, GpuMatrix};
+
+/// Bytes of immediate data (push constants) every kernel may use for its parameters.
+const IMMEDIATE_BYTES: u32 = 64;
+
+/// Which adapter `--backend` asks for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AdapterChoice {
+    /// A hardware GPU, or none (then the caller falls back to the CPU).
+    Hardware,
+    /// Any adapter, software ones (lavapipe) included.
+    Any,
+}
+
+/// The GPU: device, queue, kernels, buffer pool and the dispatches being recorded.
+pub struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    pipelines: RefCell<HashMap<&'static str, Rc<Pipeline>>>,
+    bind_groups: RefCell<HashMap<(&'static str, Vec<u64>), wgpu::BindGroup>>,
+    pool: Rc<RefCell<Pool>>,
+    recorder: RefCell<Recorder>,
+    next_id: Cell<u64>,
+    /// Dispatches recorded and CPU↔GPU waits, since the start (for `--timing`).
+    pub dispatches: Cell<u64>,
+    pub syncs: Cell<u64>,
+}
+
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+struct Recorder {
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+}
+
+/// Free activation buffers by size class.
+#[derive(Default)]
+struct Pool {
+    free: HashMap<u64, Vec<(u64, wgpu::Buffer)>>,
+}
+
+/// A GPU buffer with an identity (for the bind-group cache); pooled ones go back to the pool when dropped.
+pub struct Buf {
+    id: u64,
+    buffer: wgpu::Buffer,
+    pool: Option<Rc<RefCell<Pool>>>,
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.borrow_mut().free.entry(self.buffer.size()).or_default().push((self.id, self.buffer.clone()));
+        }
+    }
+}
+
+impl Gpu {
+    /// Opens the first adapter `choice` accepts, or returns None when there is none.
+    pub fn open(choice: AdapterChoice) -> Result<Option<Gpu>> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        let mut usable: Vec<wgpu::Adapter> = adapters
+            .into_iter()
+            .filter(|a| a.features().contains(wgpu::Features::IMMEDIATES))
+            .filter(|a| choice == AdapterChoice::Any || rank(a) < 3)
+            .collect();
+        usable.sort_by_key(rank);
+        let Some(adapter) = usable.into_iter().next() else { return Ok(None) };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        if limits.max_immediate_size < IMMEDIATE_BYTES {
+            bail!("GPU {} offers {} bytes of immediate data; floe needs {IMMEDIATE_BYTES}", info.name, limits.max_immediate_size);
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("floe"),
+            required_features: wgpu::Features::IMMEDIATES,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .with_context(|| format!("opening GPU {}", info.name))?;
+        Ok(Some(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: RefCell::default(),
+            bind_groups: RefCell::default(),
+            pool: Rc::default(),
+            recorder: RefCell::default(),
+            next_id: Cell::new(1),
+            dispatches: Cell::new(0),
+            syncs: Cell::new(0),
+        }))
+    }
+
+    /// One line naming the adapter: name, API, driver.
+    pub fn describe(&self) -> String {
+        let i = &self.info;
+        format!("{} ({:?}, {:?}, driver {} {})", i.name, i.device_type, i.backend, i.driver, i.driver_info)
+    }
+
+    /// The largest buffer one binding may cover on this GPU.
+    pub fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size
+    }
+
+    fn new_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// A buffer holding `bytes` (padded to 4), for weights and other inputs; `what` names it in errors.
+    fn upload(&self, what: &str, bytes: &[u8]) -> Result<Buf> {
+        let size = (bytes.len().max(4).next_multiple_of(4)) as u64;
+        if size > self.max_binding() {
+            bail!(
+                "{what} takes {size} bytes, more than this GPU's largest binding ({} bytes); use --backend cpu",
+                self.max_binding()
+            );
+        }
+        let buffer = if bytes.len() as u64 == size {
+            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytes,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(size as usize, 0);
+            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: &padded,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+        };
+        Ok(Buf { id: self.new_id(), buffer, pool: None })
+    }
+
+    /// A pooled scratch buffer of at least `len` f32 (or u32) values; its contents are undefined.
+    fn scratch(&self, len: usize) -> Buf {
+        let size = ((len.max(1) * 4) as u64).next_power_of_two().max(256);
+        if let Some((id, buffer)) = self.pool.borrow_mut().free.get_mut(&size).and_then(|v| v.pop()) {
+            return Buf { id, buffer, pool: Some(self.pool.clone()) };
+        }
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Buf { id: self.new_id(), buffer, pool: Some(self.pool.clone()) }
+    }
+
+    /// A buffer of `len` zeros that is not pooled (recurrent states, caches).
+    fn zeros(&self, len: usize) -> Result<Buf> {
+        let size = (len.max(1) * 4) as u64;
+        if size > self.max_binding() {
+            bail!("a GPU state of {size} bytes is over this GPU's largest binding ({} bytes)", self.max_binding());
+        }
+        // wgpu zero-initializes new buffers.
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(Buf { id: self.new_id(), buffer, pool: None })
+    }
+
+    fn pipeline(&self, name: &'static str) -> Rc<Pipeline> {
+        if let Some(p) = self.pipelines.borrow().get(name) {
+            return p.clone();
+        }
+        let kernel = kernels::find(name).unwrap_or_else(|| panic!("no kernel named {name}"));
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+        });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+            .bindings
+            .iter()
+            .map(|&(binding, read_only)| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(name), entries: &entries });
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(name),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: IMMEDIATE_BYTES,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let p = Rc::new(Pipeline { pipeline, layout });
+        self.pipelines.borrow_mut().insert(name, p.clone());
+        p
+    }
+
+    /// Records one dispatch of kernel `name` over `grid` workgroups, binding `buffers` in order and passing
+    /// `params` as immediates.
+    fn dispatch(&self, name: &'static str, buffers: &[&Buf], params: &[u32], grid: (u32, u32, u32)) {
+        assert!(grid.0 <= 65535 && grid.1 <= 65535 && grid.2 <= 65535, "{name}: grid {grid:?} is too large");
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return;
+        }
+        let p = self.pipeline(name);
+        let key = (name, buffers.iter().map(|b| b.id).collect::<Vec<_>>());
+        let mut groups = self.bind_groups.borrow_mut();
+        let group = groups.entry(key).or_insert_with(|| {
+            let entries: Vec<wgpu::BindGroupEntry> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.buffer.as_entire_binding() })
+                .collect();
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(name), layout: &p.layout, entries: &entries })
+        });
+        let mut rec = self.recorder.borrow_mut();
+        let rec = &mut *rec;
+        let encoder = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        let pass = rec.pass.get_or_insert_with(|| encoder.begin_compute_pass(&Default::default()).forget_lifetime());
+        pass.set_pipeline(&p.pipeline);
+        pass.set_bind_group(0, &*group, &[]);
+        pass.set_immediates(0, bytemuck::cast_slice(params));
+        pass.dispatch_workgroups(grid.0, grid.1, grid.2);
+        self.dispatches.set(self.dispatches.get() + 1);
+    }
+
+    /// Submits what was recorded and copies the first `len` values of `buf` back (the one CPU↔GPU wait).
+    fn read_back(&self, buf: &Buf, len: usize) -> Result<Vec<u8>> {
+        let bytes = (len * 4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut rec = self.recorder.borrow_mut();
+        drop(rec.pass.take());
+        let mut encoder = rec.encoder.take().unwrap_or_else(|| self.device.create_command_encoder(&Default::default()));
+        encoder.copy_buffer_to_buffer(&buf.buffer, 0, &staging, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
+        self.syncs.set(self.syncs.get() + 1);
+        let view = staging.slice(..bytes).get_mapped_range().map_err(|e| anyhow!("reading GPU results: {e}"))?;
+        Ok(view.to_vec())
+    }
+}
+
+/// A 1-D launch of `n` threads in workgroups of 64, folded into two dimensions (kernels use `flat_index`).
+fn grid_1d(n: usize) -> (u32, u32, u32) {
+    let groups = n.div_ceil(64).max(1) as u32;
+    let x = groups.min(65535);
+    (x, groups.div_ceil(x), 1)
+}

@@ -1,0 +1,402 @@
+//! The forward pass's operations on the GPU ([`Backend`] for [`Gpu`]), and the upload of host weights.
+
+use std::rc::Rc;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use super::{grid_1d, kernels, Buf, Gpu};
+use crate::backend::Backend;
+use crate::config::LinearAttnConfig;
+use crate::convert::expert_record;
+use crate::format::{dtype_name, TensorEntry};
+use crate::model::WeightsFrom;
+use crate::tensor::{DType, Matrix};
+use crate::weights::{ExpertWeights, LinearAttnWeights, Storage, Transfer, Weights};
+
+/// A weight matrix in a GPU buffer: its parts' offsets in their own units (see wgsl/weights.wgsl).
+#[derive(Clone)]
+pub struct GpuMatrix {
+    buf: Rc<Buf>,
+    rows: usize,
+    cols: usize,
+    /// The weight format as kernel names spell it: `f32`, `bf16`, `f16`, `q4g64bf16`, ...
+    format: String,
+    offsets: [u32; 3],
+}
+
+/// One layer's routed experts: fixed-stride records (the floe format's layout) in one GPU buffer.
+#[derive(Clone)]
+pub struct GpuExperts {
+    buf: Rc<Buf>,
+    stride: u32,
+    hidden: usize,
+    intermediate: usize,
+    gate_up_format: String,
+    down_format: String,
+    /// Byte offsets of (weights, scales, biases) of gate, up and down within a record.
+    gate: [u32; 3],
+    up: [u32; 3],
+    down: [u32; 3],
+}
+
+/// An f32 activation array on the GPU.
+pub struct Act {
+    buf: Buf,
+    len: usize,
+}
+
+/// Per token, k expert ids and their weights, on the GPU.
+pub struct Routing {
+    ids: Buf,
+    weights: Buf,
+    tokens: usize,
+    k: usize,
+}
+
+pub struct KvCache {
+    keys: Buf,
+    values: Buf,
+    /// Tokens the buffers hold room for.
+    capacity: usize,
+    width: usize,
+}
+
+pub struct LinearState {
+    conv: Buf,
+    recurrent: Buf,
+}
+
+impl Storage for Gpu {
+    type Matrix = GpuMatrix;
+    type Vector = Rc<Buf>;
+    type Experts = GpuExperts;
+}
+
+impl Gpu {
+    /// The kernel `name`, which build.rs rendered for every format an upload accepts.
+    fn kernel(&self, name: &str) -> &'static str {
+        kernels::find(name).unwrap_or_else(|| panic!("no kernel named {name}")).name
+    }
+
+    fn act(&self, len: usize) -> Act {
+        Act { buf: self.scratch(len), len }
+    }
+
+    fn elementwise(&self, op: &'static str, buffers: &[&Buf], n: usize, params: [u32; 3]) {
+        self.dispatch(op, buffers, &[n as u32, params[0], params[1], params[2]], grid_1d(n));
+    }
+}
+
+impl Backend for Gpu {
+    type Act = Act;
+    type Routing = Routing;
+    type KvCache = KvCache;
+    type LinearState = LinearState;
+
+    fn new_kv_cache(&self, width: usize) -> Result<KvCache> {
+        Ok(KvCache { keys: self.zeros(width)?, values: self.zeros(width)?, capacity: 0, width })
+    }
+
+    fn new_linear_state(&self, l: &LinearAttnConfig) -> Result<LinearState> {
+        Ok(LinearState {
+            conv: self.zeros((l.conv_kernel - 1) * l.conv_channels())?,
+            recurrent: self.zeros(l.num_value_heads * l.key_head_dim * l.value_head_dim)?,
+        })
+    }
+
+    fn embed(&self, table: &GpuMatrix, tokens: &[u32]) -> Result<Act> {
+        ensure!(tokens.len() <= 65535, "at most 65535 tokens per forward call on the GPU");
+        let ids = self.upload("token ids", bytemuck::cast_slice(tokens))?;
+        let out = self.act(tokens.len() * table.cols);
+        let [w, s, b] = table.offsets;
+        let kernel = self.kernel(&format!("embed_{}", table.format));
+        let grid = (table.cols.div_ceil(64) as u32, tokens.len() as u32, 1);
+        self.dispatch(kernel, &[&table.buf, &ids, &out.buf], &[table.cols as u32, w, s, b], grid);
+        Ok(out)
+    }
+
+    fn matmul(&self, x: &Act, w: &GpuMatrix) -> Act {
+        let t = x.len / w.cols;
+        let out = self.act(t * w.rows);
+        let nt = if t == 1 { 1 } else { 8 };
+        let kernel = self.kernel(&format!("matmul_{}_nt{nt}", w.format));
+        let [wo, so, bo] = w.offsets;
+        let params = [w.rows as u32, w.cols as u32, t as u32, wo, so, bo];
+        self.dispatch(kernel, &[&w.buf, &x.buf, &out.buf], &params, (w.rows.div_ceil(4) as u32, t.div_ceil(nt) as u32, 1));
+        out
+    }
+
+    fn rms_norm(&self, x: &Act, weight: &Rc<Buf>, dim: usize, eps: f32) -> Act {
+        let out = self.act(x.len);
+        let rows = x.len / dim;
+        let grid = rows_grid(rows);
+        self.dispatch("rms_norm", &[&x.buf, weight, &out.buf], &[dim as u32, eps.to_bits(), rows as u32], grid);
+        out
+    }
+
+    fn rms_norm_gated(&self, x: &Act, weight: &Rc<Buf>, z: &Act, dim: usize, eps: f32) -> Act {
+        let out = self.act(x.len);
+        let rows = x.len / dim;
+        let params = [dim as u32, eps.to_bits(), rows as u32];
+        self.dispatch("rms_norm_gated", &[&x.buf, weight, &z.buf, &out.buf], &params, rows_grid(rows));
+        out
+    }
+
+    fn split_heads(&self, x: &Act, width: usize) -> (Act, Act) {
+        let (first, second) = (self.act(x.len / 2), self.act(x.len / 2));
+        self.elementwise("split_heads", &[&x.buf, &first.buf, &second.buf], x.len / 2, [width as u32, 0, 0]);
+        (first, second)
+    }
+
+    fn rope(&self, x: &mut Act, heads: usize, head_dim: usize, rot: usize, pos0: usize, theta: f64) {
+        let t = x.len / (heads * head_dim);
+        let table = crate::cpu::rope_table(pos0, t, rot, theta);
+        let table = self.upload("rope table", bytemuck::cast_slice(&table)).expect("a rope table fits a binding");
+        let half = rot / 2;
+        let params = [t as u32, heads as u32, head_dim as u32, half as u32];
+        self.dispatch("rope", &[&table, &x.buf], &params, grid_1d(t * heads * half));
+    }
+
+    fn attention(
+        &self,
+        q: &Act,
+        k: &Act,
+        v: &Act,
+        cache: &mut KvCache,
+        pos0: usize,
+        (nh, nkv): (usize, usize),
+        hd: usize,
+    ) -> Result<Act> {
+        ensure!(hd <= 256, "the GPU attention kernel takes head_dim ≤ 256 (this model has {hd})");
+        let t = q.len / (nh * hd);
+        let needed = pos0 + t;
+        if needed > cache.capacity {
+            // Grow by doubling, copying what is cached.
+            let capacity = needed.next_power_of_two().max(256);
+            let (keys, values) = (self.zeros(capacity * cache.width)?, self.zeros(capacity * cache.width)?);
+            let n = pos0 * cache.width;
+            self.elementwise("copy", &[&cache.keys, &keys], n, [0, 0, 0]);
+            self.elementwise("copy", &[&cache.values, &values], n, [0, 0, 0]);
+            (cache.keys, cache.values, cache.capacity) = (keys, values, capacity);
+        }
+        let at = (pos0 * cache.width) as u32;
+        self.elementwise("copy", &[&k.buf, &cache.keys], k.len, [0, 0, at]);
+        self.elementwise("copy", &[&v.buf, &cache.values], v.len, [0, 0, at]);
+        let out = self.act(q.len);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let params = [t as u32, nh as u32, nkv as u32, hd as u32, pos0 as u32, scale.to_bits()];
+        self.dispatch("attention", &[&q.buf, &cache.keys, &cache.values, &out.buf], &params, (nh as u32, t as u32, 1));
+        Ok(out)
+    }
+
+    fn gated_delta_net(
+        &self,
+        l: &LinearAttnConfig,
+        w: &LinearAttnWeights<Gpu>,
+        x: &Act,
+        b: &Act,
+        a: &Act,
+        state: &mut LinearState,
+    ) -> Act {
+        let channels = l.conv_channels();
+        let t = x.len / channels;
+        let conv = self.act(x.len);
+        let params = [t as u32, channels as u32, l.conv_kernel as u32];
+        self.dispatch("conv1d", &[&x.buf, &w.conv1d, &state.conv, &conv.buf], &params, grid_1d(channels));
+        let (hk, hv, dk, dv) = (l.num_key_heads, l.num_value_heads, l.key_head_dim, l.value_head_dim);
+        let out = self.act(t * hv * dv);
+        let params = [t as u32, hk as u32, hv as u32, dk as u32, dv as u32, channels as u32];
+        let buffers = [&conv.buf, &b.buf, &a.buf, &*w.a_log, &*w.dt_bias, &state.recurrent, &out.buf];
+        self.dispatch("delta_rule", &buffers, &params, (hv as u32, 1, 1));
+        out
+    }
+
+    fn mul_sigmoid(&self, x: &mut Act, gate: &Act) {
+        self.elementwise("mul_sigmoid", &[&x.buf, &gate.buf], x.len, [0, 0, 0]);
+    }
+
+    fn swiglu(&self, gate: &Act, up: &Act) -> Act {
+        let out = self.act(gate.len);
+        self.elementwise("swiglu", &[&gate.buf, &up.buf, &out.buf], gate.len, [0, 0, 0]);
+        out
+    }
+
+    fn add(&self, acc: &mut Act, x: &Act) {
+        self.elementwise("add", &[&acc.buf, &x.buf], acc.len, [0, 0, 0]);
+    }
+
+    fn route(&self, logits: &Act, experts: usize, k: usize, renormalize: bool) -> Routing {
+        assert!(experts <= 1024 && k <= 64, "the GPU router takes ≤ 1024 experts and k ≤ 64");
+        let tokens = logits.len / experts;
+        let (ids, weights) = (self.scratch(tokens * k), self.scratch(tokens * k));
+        let params = [tokens as u32, experts as u32, k as u32, renormalize as u32];
+        self.dispatch("router", &[&logits.buf, &ids, &weights], &params, (tokens as u32, 1, 1));
+        Routing { ids, weights, tokens, k }
+    }
+
+    fn experts(&self, x: &Act, r: &Routing, e: &GpuExperts) -> Result<Act> {
+        let pairs = r.tokens * r.k;
+        ensure!(pairs <= 65535, "at most 65535 (token, expert) pairs per forward call on the GPU");
+        let (h, i) = (e.hidden, e.intermediate);
+        let act = self.act(pairs * i);
+        let [gw, gs, gb] = e.gate;
+        let [uw, us, ub] = e.up;
+        let params = [i as u32, h as u32, r.k as u32, e.stride, gw, gs, gb, uw, us, ub];
+        let kernel = self.kernel(&format!("expert_gate_up_{}", e.gate_up_format));
+        self.dispatch(kernel, &[&e.buf, &x.buf, &r.ids, &act.buf], &params, (i.div_ceil(4) as u32, pairs as u32, 1));
+        let out = self.act(pairs * h);
+        let [dw, ds, db] = e.down;
+        let kernel = self.kernel(&format!("expert_down_{}", e.down_format));
+        let params = [h as u32, i as u32, e.stride, dw, ds, db];
+        self.dispatch(kernel, &[&e.buf, &act.buf, &r.ids, &out.buf], &params, (h.div_ceil(4) as u32, pairs as u32, 1));
+        Ok(out)
+    }
+
+    fn moe_combine(&self, hidden: &mut Act, expert_out: &Act, r: &Routing, shared: Option<(&Act, &Act)>, h: usize) {
+        let params = [r.tokens as u32, h as u32, r.k as u32];
+        let grid = grid_1d(r.tokens * h);
+        match shared {
+            Some((out, gate)) => {
+                let buffers = [&expert_out.buf, &r.weights, &out.buf, &gate.buf, &hidden.buf];
+                self.dispatch("moe_combine_shared", &buffers, &params, grid)
+            }
+            None => self.dispatch("moe_combine", &[&expert_out.buf, &r.weights, &hidden.buf], &params, grid),
+        }
+    }
+
+    fn last_row(&self, x: &Act, width: usize) -> Act {
+        let out = self.act(width);
+        self.elementwise("copy", &[&x.buf, &out.buf], width, [0, (x.len - width) as u32, 0]);
+        out
+    }
+
+    fn read(&self, x: &Act) -> Result<Vec<f32>> {
+        let bytes = self.read_back(&x.buf, x.len)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+/// One workgroup per row, folded into two dimensions.
+fn rows_grid(rows: usize) -> (u32, u32, u32) {
+    let x = rows.clamp(1, 65535) as u32;
+    (x, rows.div_ceil(x as usize).max(1) as u32, 1)
+}
+
+// ---- Upload ---------------------------------------------------------------------------------------------------
+
+impl WeightsFrom for Gpu {
+    fn weights_from(&self, host: &Weights) -> Result<Weights<Gpu>> {
+        host.transfer(&mut Upload { gpu: self })
+    }
+}
+
+struct Upload<'a> {
+    gpu: &'a Gpu,
+}
+
+/// The kernel spelling of a matrix's format, and the byte size of its packed-weight and scale units.
+fn matrix_format(m: &Matrix) -> Result<(String, usize, usize)> {
+    Ok(match m {
+        Matrix::Dense(t) => match t.dtype() {
+            DType::U32 => bail!("a u32 matrix is not a weight format"),
+            d => (dtype_name(d).to_string(), d.size(), d.size()),
+        },
+        Matrix::Affine { scales, biases, format, .. } => {
+            ensure!(scales.dtype() == biases.dtype(), "scales and biases of different dtypes");
+            let d = scales.dtype();
+            (format!("q{}g{}{}", format.bits, format.group, dtype_name(d)), 4, d.size())
+        }
+    })
+}
+
+impl Transfer<Gpu> for Upload<'_> {
+    fn matrix(&mut self, name: &str, m: &Matrix) -> Result<GpuMatrix> {
+        let &[rows, cols] = m.shape() else { bail!("{name}: a matrix of shape {:?}", m.shape()) };
+        let (format, wunit, sunit) = matrix_format(m).with_context(|| name.to_string())?;
+        ensure!(kernels::find(&format!("matmul_{format}_nt1")).is_some(), "{name}: the GPU has no kernel for {format}");
+        ensure!(rows.div_ceil(4) <= 65535, "{name}: {rows} rows are more than the GPU matmul's grid takes");
+        let parts: Vec<&[u8]> = match m {
+            Matrix::Dense(t) => vec![t.bytes()],
+            Matrix::Affine { words, scales, biases, .. } => vec![words.bytes(), scales.bytes(), biases.bytes()],
+        };
+        let mut bytes = Vec::new();
+        let mut offsets = [0u32; 3];
+        for (i, part) in parts.iter().enumerate() {
+            offsets[i] = (bytes.len() / if i == 0 { wunit } else { sunit }) as u32;
+            bytes.extend_from_slice(part);
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+        }
+        let buf = Rc::new(self.gpu.upload(name, &bytes)?);
+        Ok(GpuMatrix { buf, rows, cols, format, offsets })
+    }
+
+    fn vector(&mut self, name: &str, v: &[f32]) -> Result<Rc<Buf>> {
+        Ok(Rc::new(self.gpu.upload(name, bytemuck::cast_slice(v))?))
+    }
+
+    fn experts(&mut self, layer: usize, experts: &[ExpertWeights]) -> Result<GpuExperts> {
+        let what = format!("the experts of layer {layer}");
+        let (components, first) = expert_record(&experts[0], None)?;
+        let stride = first.len().next_multiple_of(256);
+        let total = (stride * experts.len()) as u64;
+        ensure!(
+            total <= self.gpu.max_binding(),
+            "{what} take {total} bytes, more than this GPU's largest binding ({} bytes); use --backend cpu",
+            self.gpu.max_binding()
+        );
+        let component = |name: &str| -> Result<(String, [u32; 3])> {
+            let entry: &TensorEntry = &components[name];
+            let format = match entry.quant {
+                Some(q) => format!("q{}g{}{}", q.bits, q.group, entry.dtype),
+                None => entry.dtype.clone(),
+            };
+            let mut offsets = [0u32; 3];
+            for (i, part) in entry.parts.iter().enumerate() {
+                let unit = if i == 0 && entry.quant.is_some() { 4 } else { dtype_size(&entry.dtype) };
+                ensure!(part.offset % unit as u64 == 0, "{what}: {name} part {i} is not aligned to {unit} bytes");
+                offsets[i] = part.offset as u32;
+            }
+            ensure!(kernels::find(&format!("expert_down_{format}")).is_some(), "{what}: the GPU has no kernel for {format}");
+            Ok((format, offsets))
+        };
+        let (gate_format, gate) = component("gate")?;
+        let (up_format, up) = component("up")?;
+        let (down_format, down) = component("down")?;
+        ensure!(gate_format == up_format, "{what}: gate ({gate_format}) and up ({up_format}) differ in format");
+        let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&what),
+            size: total,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            for (e, expert) in experts.iter().enumerate() {
+                let (c, record) = expert_record(expert, None)?;
+                ensure!(c == components, "{what}: expert {e}'s layout differs from expert 0's");
+                view.slice(e * stride..e * stride + record.len()).copy_from_slice(&record);
+            }
+        }
+        buffer.unmap();
+        let (intermediate, hidden) = (experts[0].gate.shape()[0], experts[0].gate.shape()[1]);
+        Ok(GpuExperts {
+            buf: Rc::new(Buf { id: self.gpu.new_id(), buffer, pool: None }),
+            stride: stride as u32,
+            hidden,
+            intermediate,
+            gate_up_format: gate_format,
+            down_format,
+            gate,
+            up,
+            down,
+        })
+    }
+}
+
+fn dtype_size(name: &str) -> usize {
+    if name == "f32" || name == "u32" {
+        4
+    } else {
+        2
+    }
+}
