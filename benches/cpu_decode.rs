@@ -22,15 +22,15 @@ fn main() {
     let prompt: Vec<u32> = (0..16).map(|i| 1000 + 37 * i).collect();
     let mut state = model.new_state().expect("state");
     let start = Instant::now();
-    let mut logits = model.forward(&prompt, &mut state, Logits::Last).unwrap();
+    let mut next = model.forward_greedy(&prompt, &mut state).unwrap();
     let prefill = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
     for _ in 0..gen_tokens {
-        let next = floe::generate::argmax(&logits);
-        logits = model.forward(&[next], &mut state, Logits::Last).unwrap();
+        next = model.forward_greedy(&[next], &mut state).unwrap();
     }
     let decode = start.elapsed().as_secs_f64();
+    let logits = model.forward(&[next], &mut state, Logits::Last).unwrap();
     assert!(logits.iter().all(|v| v.is_finite()), "non-finite logits");
     println!("threads: {}", rayon::current_num_threads());
     println!("prefill: {} tokens in {:.3} s = {:.1} tok/s", prompt.len(), prefill, prompt.len() as f64 / prefill);

@@ -22,6 +22,8 @@ pub trait Backend: Storage + Sized {
     fn new_kv_cache(&self, kv_width: usize) -> Result<Self::KvCache>;
     fn new_linear_state(&self, l: &LinearAttnConfig) -> Result<Self::LinearState>;
 
+    /// An activation holding `values`.
+    fn act(&self, values: &[f32]) -> Result<Self::Act>;
     /// Rows `tokens` of the embedding table.
     fn embed(&self, table: &Self::Matrix, tokens: &[u32]) -> Result<Self::Act>;
     /// `x [t, in] · wᵀ` for `w [out, in]`: `[t, out]`.
@@ -83,4 +85,20 @@ pub trait Backend: Storage + Sized {
     fn last_row(&self, x: &Self::Act, width: usize) -> Self::Act;
     /// The values, in host memory (waits for the device).
     fn read(&self, x: &Self::Act) -> Result<Vec<f32>>;
+    /// The index of the largest value (the lower on a tie), in host memory: greedy decoding's next token, read
+    /// back as 4 bytes instead of the logits.
+    fn argmax(&self, x: &Self::Act) -> Result<u32>;
+    /// Work counted since the backend was made.
+    fn counters(&self) -> Counters {
+        Counters::default()
+    }
+}
+
+/// What a backend counts of its work (for `--timing` and `floe bench`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// GPU kernel dispatches recorded.
+    pub dispatches: u64,
+    /// Times the CPU waited for the device (CPU↔GPU round trips).
+    pub syncs: u64,
 }

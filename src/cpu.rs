@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::backend::Backend;
 use crate::config::LinearAttnConfig;
 use crate::tensor::{Elems, Matrix};
-use crate::weights::{ExpertWeights, LinearAttnWeights, Storage};
+use crate::weights::{ExpertWeights, LinearAttnWeights, Storage, Transfer};
 
 // ---- The CPU backend ------------------------------------------------------------------------------------------
 
@@ -20,6 +20,21 @@ impl Storage for Cpu {
     type Matrix = Matrix;
     type Vector = Vec<f32>;
     type Experts = Vec<ExpertWeights>;
+}
+
+/// Host weights are the CPU's weights (a transfer is a cheap clone of views).
+impl Transfer<Cpu> for Cpu {
+    fn matrix(&mut self, _name: &str, m: &Matrix) -> Result<Matrix> {
+        Ok(m.clone())
+    }
+
+    fn vector(&mut self, _name: &str, v: &[f32]) -> Result<Vec<f32>> {
+        Ok(v.to_vec())
+    }
+
+    fn experts(&mut self, _layer: usize, experts: &[ExpertWeights]) -> Result<Vec<ExpertWeights>> {
+        Ok(experts.to_vec())
+    }
 }
 
 /// Keys (post-norm, post-RoPE) and values, `[len, kv_heads · head_dim]` each.
@@ -52,6 +67,10 @@ impl Backend for Cpu {
             conv: vec![0.0; (l.conv_kernel - 1) * l.conv_channels()],
             recurrent: vec![0.0; l.num_value_heads * l.key_head_dim * l.value_head_dim],
         })
+    }
+
+    fn act(&self, values: &[f32]) -> Result<Vec<f32>> {
+        Ok(values.to_vec())
     }
 
     fn embed(&self, table: &Matrix, tokens: &[u32]) -> Result<Vec<f32>> {
@@ -182,6 +201,21 @@ impl Backend for Cpu {
     fn read(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
         Ok(x.clone())
     }
+
+    fn argmax(&self, x: &Vec<f32>) -> Result<u32> {
+        Ok(argmax(x))
+    }
+}
+
+/// The index of the largest value, the lower one on a tie.
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 // ---- Kernels (the CPU twins of the GPU kernels) -------------------------------------------------------------

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use tokenizers::Tokenizer;
 
 use crate::backend::Backend;
-use crate::model::{Logits, Model};
+use crate::model::Model;
 
 /// The built-in default model's tokenizer: a 512-token byte-level BPE made by tools/make_fixtures.py.
 const DEFAULT_TOKENIZER: &str = include_str!("../assets/default-model/tokenizer.json");
@@ -47,13 +47,12 @@ pub fn generate<B: Backend>(
     }
     let start = Instant::now();
     let mut state = model.new_state()?;
-    let mut logits = model.forward(&prompt_ids, &mut state, Logits::Last).context("prefill")?;
+    let mut next = model.forward_greedy(&prompt_ids, &mut state).context("prefill")?;
     let time_to_first_token = start.elapsed();
     let mut generated: Vec<u32> = Vec::new();
     let mut printed = 0;
     let decode_start = Instant::now();
     while generated.len() < max_tokens {
-        let next = argmax(&logits);
         if model.config.eos_token_ids.contains(&next) {
             break;
         }
@@ -64,7 +63,7 @@ pub fn generate<B: Backend>(
             printed = text.len();
         }
         if generated.len() < max_tokens {
-            logits = model.forward(&[next], &mut state, Logits::Last).context("decode")?;
+            next = model.forward_greedy(&[next], &mut state).context("decode")?;
         }
     }
     Ok(Stats {
@@ -73,14 +72,4 @@ pub fn generate<B: Backend>(
         time_to_first_token,
         decode_time: decode_start.elapsed(),
     })
-}
-
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

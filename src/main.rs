@@ -4,12 +4,15 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use floe::convert::{self, Output, QuantPlan};
 use floe::generate;
+use floe::backend::Backend;
+use floe::gpu::{AdapterChoice, Gpu};
 use floe::model::{Logits, Model};
 use floe::quant::QuantFormat;
 use floe::tensor::Matrix;
@@ -36,6 +39,35 @@ enum Command {
     Synth(SynthArgs),
     /// Describe a floe model; with --verify, check every checksum.
     Inspect(InspectArgs),
+    /// Measure prefill and decode speed on a model: time to first token, tokens per second, GPU dispatches.
+    Bench(BenchArgs),
+    /// List the GPU kernels build.rs rendered; with --dump DIR, write their WGSL sources there.
+    Kernels(KernelsArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Model directory (floe, Hugging Face or mlx-community).
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt length (random token ids), prefilled as one batch.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens to decode after the prompt (greedy).
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct KernelsArgs {
+    /// Write every kernel's WGSL source to DIR/NAME.wgsl.
+    #[arg(long)]
+    dump: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -86,9 +118,11 @@ struct InspectArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    /// The best backend available (the CPU, until the GPU backend lands).
+enum BackendChoice {
+    /// A hardware GPU when there is one and the model fits it, else the CPU.
     Auto,
+    /// The GPU (any adapter, software ones included); an error when there is none.
+    Gpu,
     Cpu,
 }
 
@@ -103,8 +137,11 @@ struct RunArgs {
     /// How many tokens to generate at most.
     #[arg(long, default_value_t = 32)]
     tokens: usize,
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    backend: Backend,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// After generating, print per-token work: GPU dispatches and CPU↔GPU round trips.
+    #[arg(long)]
+    timing: bool,
 }
 
 #[derive(Args)]
@@ -119,8 +156,8 @@ struct LogitsArgs {
     /// the caches. Without it, all tokens are one prefill.
     #[arg(long)]
     prefill: Option<usize>,
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    backend: Backend,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
     /// Output file (.npy).
     #[arg(long)]
     out: PathBuf,
@@ -135,6 +172,8 @@ fn main() -> ExitCode {
         Some(Command::Convert(args)) => convert(args),
         Some(Command::Synth(args)) => synth(args),
         Some(Command::Inspect(args)) => inspect(args),
+        Some(Command::Bench(args)) => bench(args),
+        Some(Command::Kernels(args)) => kernels(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,6 +181,36 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Work to do with a model on whichever backend `--backend` picks.
+trait Job {
+    fn run<B: Backend>(self, model: &Model<B>) -> Result<()>;
+}
+
+/// Runs `job` on the backend `choice` picks: the GPU (the adapter named on stderr) or the CPU.
+fn on_backend(model: Model, choice: BackendChoice, job: impl Job) -> Result<()> {
+    let gpu = match choice {
+        BackendChoice::Cpu => None,
+        BackendChoice::Gpu => Some(Gpu::open(AdapterChoice::Any)?.context("--backend gpu: no GPU adapter found")?),
+        BackendChoice::Auto => Gpu::open(AdapterChoice::Hardware)?,
+    };
+    let Some(gpu) = gpu else {
+        eprintln!("floe: backend: CPU ({} threads)", rayon::current_num_threads());
+        return job.run(&model);
+    };
+    let adapter = gpu.describe();
+    match model.to_backend(gpu) {
+        Ok(on_gpu) => {
+            eprintln!("floe: backend: GPU {adapter}");
+            job.run(&on_gpu)
+        }
+        Err(e) if choice == BackendChoice::Auto => {
+            eprintln!("floe: the model does not fit GPU {adapter} ({e:#}); running on the CPU");
+            job.run(&model)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -153,21 +222,44 @@ fn run(args: RunArgs) -> Result<()> {
             floe::synthetic::default_model()
         }
     };
-    let mut stdout = std::io::stdout();
-    let stats = generate::generate(&model, &tokenizer, &args.prompt, args.tokens, |text| {
-        let _ = stdout.write_all(text.as_bytes());
-        let _ = stdout.flush();
-    })?;
-    println!();
-    let decode_rate = stats.generated_tokens.saturating_sub(1) as f64 / stats.decode_time.as_secs_f64().max(1e-9);
-    eprintln!(
-        "floe: {} prompt tokens, first token after {:.0} ms, {} tokens generated, {:.1} tok/s",
-        stats.prompt_tokens,
-        stats.time_to_first_token.as_secs_f64() * 1e3,
-        stats.generated_tokens,
-        decode_rate
-    );
-    Ok(())
+    let choice = args.backend;
+    on_backend(model, choice, Generate { args, tokenizer })
+}
+
+struct Generate {
+    args: RunArgs,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl Job for Generate {
+    fn run<B: Backend>(self, model: &Model<B>) -> Result<()> {
+        let args = self.args;
+        let mut stdout = std::io::stdout();
+        let before = model.backend.counters();
+        let stats = generate::generate(model, &self.tokenizer, &args.prompt, args.tokens, |text| {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        })?;
+        println!();
+        let decode_rate = stats.generated_tokens.saturating_sub(1) as f64 / stats.decode_time.as_secs_f64().max(1e-9);
+        eprintln!(
+            "floe: {} prompt tokens, first token after {:.0} ms, {} tokens generated, {:.1} tok/s",
+            stats.prompt_tokens,
+            stats.time_to_first_token.as_secs_f64() * 1e3,
+            stats.generated_tokens,
+            decode_rate
+        );
+        if args.timing {
+            let used = model.backend.counters();
+            let calls = stats.generated_tokens.max(1) as f64;
+            eprintln!(
+                "floe: per forward call: {:.0} GPU dispatches, {:.1} CPU↔GPU round trips",
+                (used.dispatches - before.dispatches) as f64 / calls,
+                (used.syncs - before.syncs) as f64 / calls
+            );
+        }
+        Ok(())
+    }
 }
 
 fn logits(args: LogitsArgs) -> Result<()> {
@@ -177,12 +269,105 @@ fn logits(args: LogitsArgs) -> Result<()> {
     if prefill == 0 || prefill > t {
         bail!("--prefill {prefill} must be between 1 and the number of tokens ({t})");
     }
-    let mut state = model.new_state()?;
-    let mut out = model.forward(&args.tokens[..prefill], &mut state, Logits::All).context("prefill")?;
-    for &token in &args.tokens[prefill..] {
-        out.extend(model.forward(&[token], &mut state, Logits::All).context("decode")?);
+    let choice = args.backend;
+    on_backend(model, choice, WriteLogits { args, prefill })
+}
+
+struct WriteLogits {
+    args: LogitsArgs,
+    prefill: usize,
+}
+
+impl Job for WriteLogits {
+    fn run<B: Backend>(self, model: &Model<B>) -> Result<()> {
+        let (tokens, prefill) = (&self.args.tokens, self.prefill);
+        let mut state = model.new_state()?;
+        let mut out = model.forward(&tokens[..prefill], &mut state, Logits::All).context("prefill")?;
+        for &token in &tokens[prefill..] {
+            out.extend(model.forward(&[token], &mut state, Logits::All).context("decode")?);
+        }
+        floe::npy::write_f32(&self.args.out, &[tokens.len(), model.config.vocab_size], &out)
     }
-    floe::npy::write_f32(&args.out, &[t, model.config.vocab_size], &out)
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    if args.prompt_tokens == 0 {
+        bail!("--prompt-tokens must be at least 1");
+    }
+    let model = Model::load(&args.model)?;
+    let choice = args.backend;
+    on_backend(model, choice, Bench(args))
+}
+
+struct Bench(BenchArgs);
+
+impl Job for Bench {
+    fn run<B: Backend>(self, model: &Model<B>) -> Result<()> {
+        let args = self.0;
+        let vocab = model.config.vocab_size as u64;
+        // Deterministic pseudo-random prompt ids (a multiplicative hash of the position).
+        let prompt: Vec<u32> = (0..args.prompt_tokens as u64).map(|i| ((i * 2_654_435_761 + 12_345) % vocab) as u32).collect();
+        // Warm-up: builds every GPU pipeline the timed runs use (prefill and decode variants).
+        let mut state = model.new_state()?;
+        let next = model.forward_greedy(&prompt[..2.min(prompt.len())], &mut state)?;
+        model.forward_greedy(&[next], &mut state)?;
+
+        let mut state = model.new_state()?;
+        let start = Instant::now();
+        let mut next = model.forward_greedy(&prompt, &mut state)?;
+        let ttft = start.elapsed().as_secs_f64();
+        let before = model.backend.counters();
+        let start = Instant::now();
+        for _ in 0..args.gen_tokens {
+            next = model.forward_greedy(&[next], &mut state)?;
+        }
+        let decode = start.elapsed().as_secs_f64();
+        let after = model.backend.counters();
+        let n = args.gen_tokens.max(1) as f64;
+        let report = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "prompt_tokens": args.prompt_tokens,
+            "gen_tokens": args.gen_tokens,
+            "ttft_ms": ttft * 1e3,
+            "prefill_tok_s": args.prompt_tokens as f64 / ttft,
+            "decode_tok_s": args.gen_tokens as f64 / decode,
+            "expert_bytes_read": 0,
+            "dispatches_per_token": (after.dispatches - before.dispatches) as f64 / n,
+            "syncs_per_token": (after.syncs - before.syncs) as f64 / n,
+        });
+        if args.json {
+            println!("{report}");
+        } else {
+            println!("prefill: {} tokens, time to first token {:.1} ms, {:.1} tok/s", args.prompt_tokens, ttft * 1e3, report["prefill_tok_s"]);
+            println!("decode:  {} tokens, {:.2} tok/s", args.gen_tokens, report["decode_tok_s"]);
+            println!("per decoded token: {} GPU dispatches, {} CPU↔GPU round trips", report["dispatches_per_token"], report["syncs_per_token"]);
+        }
+        Ok(())
+    }
+}
+
+fn kernels(args: KernelsArgs) -> Result<()> {
+    let all = floe::gpu::kernels::KERNELS;
+    match &args.dump {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for k in all {
+                let path = dir.join(format!("{}.wgsl", k.name));
+                std::fs::write(&path, k.source).with_context(|| format!("writing {}", path.display()))?;
+            }
+            eprintln!("floe: wrote {} kernels to {}", all.len(), dir.display());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            for k in all {
+                if let Err(e) = writeln!(out, "{:32} from wgsl/{}", k.name, k.template) {
+                    // A closed pipe (`floe kernels | head`) is not an error.
+                    return if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e.into()) };
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {

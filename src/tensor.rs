@@ -67,6 +67,18 @@ impl Tensor {
         Tensor { shape, data: Data::BF16(values.into()), offset: 0 }
     }
 
+    /// This tensor's values converted (rounded) to `dtype`, as a new owned tensor.
+    pub fn cast(&self, dtype: DType) -> Tensor {
+        let values = self.to_f32();
+        let data = match dtype {
+            DType::F32 => Data::F32(values.into()),
+            DType::BF16 => Data::BF16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
+            DType::F16 => Data::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
+            DType::U32 => panic!("cannot cast values to u32"),
+        };
+        Tensor { shape: self.shape.clone(), data, offset: 0 }
+    }
+
     pub fn from_u32(shape: Vec<usize>, values: Vec<u32>) -> Tensor {
         assert_eq!(shape.iter().product::<usize>(), values.len(), "shape {shape:?} does not match the data");
         Tensor { shape, data: Data::U32(values.into()), offset: 0 }

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use anyhow::{bail, ensure, Context, Result};
 
 use super::{grid_1d, kernels, Buf, Gpu};
-use crate::backend::Backend;
+use crate::backend::{Backend, Counters};
 use crate::config::LinearAttnConfig;
 use crate::convert::expert_record;
 use crate::format::{dtype_name, TensorEntry};
@@ -78,7 +78,8 @@ impl Gpu {
         kernels::find(name).unwrap_or_else(|| panic!("no kernel named {name}")).name
     }
 
-    fn act(&self, len: usize) -> Act {
+    /// A new activation of `len` values, contents undefined.
+    fn empty(&self, len: usize) -> Act {
         Act { buf: self.scratch(len), len }
     }
 
@@ -104,10 +105,14 @@ impl Backend for Gpu {
         })
     }
 
+    fn act(&self, values: &[f32]) -> Result<Act> {
+        Ok(Act { buf: self.upload("an activation", bytemuck::cast_slice(values))?, len: values.len() })
+    }
+
     fn embed(&self, table: &GpuMatrix, tokens: &[u32]) -> Result<Act> {
         ensure!(tokens.len() <= 65535, "at most 65535 tokens per forward call on the GPU");
         let ids = self.upload("token ids", bytemuck::cast_slice(tokens))?;
-        let out = self.act(tokens.len() * table.cols);
+        let out = self.empty(tokens.len() * table.cols);
         let [w, s, b] = table.offsets;
         let kernel = self.kernel(&format!("embed_{}", table.format));
         let grid = (table.cols.div_ceil(64) as u32, tokens.len() as u32, 1);
@@ -117,7 +122,7 @@ impl Backend for Gpu {
 
     fn matmul(&self, x: &Act, w: &GpuMatrix) -> Act {
         let t = x.len / w.cols;
-        let out = self.act(t * w.rows);
+        let out = self.empty(t * w.rows);
         let nt = if t == 1 { 1 } else { 8 };
         let kernel = self.kernel(&format!("matmul_{}_nt{nt}", w.format));
         let [wo, so, bo] = w.offsets;
@@ -127,7 +132,7 @@ impl Backend for Gpu {
     }
 
     fn rms_norm(&self, x: &Act, weight: &Rc<Buf>, dim: usize, eps: f32) -> Act {
-        let out = self.act(x.len);
+        let out = self.empty(x.len);
         let rows = x.len / dim;
         let grid = rows_grid(rows);
         self.dispatch("rms_norm", &[&x.buf, weight, &out.buf], &[dim as u32, eps.to_bits(), rows as u32], grid);
@@ -135,7 +140,7 @@ impl Backend for Gpu {
     }
 
     fn rms_norm_gated(&self, x: &Act, weight: &Rc<Buf>, z: &Act, dim: usize, eps: f32) -> Act {
-        let out = self.act(x.len);
+        let out = self.empty(x.len);
         let rows = x.len / dim;
         let params = [dim as u32, eps.to_bits(), rows as u32];
         self.dispatch("rms_norm_gated", &[&x.buf, weight, &z.buf, &out.buf], &params, rows_grid(rows));
@@ -143,7 +148,7 @@ impl Backend for Gpu {
     }
 
     fn split_heads(&self, x: &Act, width: usize) -> (Act, Act) {
-        let (first, second) = (self.act(x.len / 2), self.act(x.len / 2));
+        let (first, second) = (self.empty(x.len / 2), self.empty(x.len / 2));
         self.elementwise("split_heads", &[&x.buf, &first.buf, &second.buf], x.len / 2, [width as u32, 0, 0]);
         (first, second)
     }
@@ -182,7 +187,7 @@ impl Backend for Gpu {
         let at = (pos0 * cache.width) as u32;
         self.elementwise("copy", &[&k.buf, &cache.keys], k.len, [0, 0, at]);
         self.elementwise("copy", &[&v.buf, &cache.values], v.len, [0, 0, at]);
-        let out = self.act(q.len);
+        let out = self.empty(q.len);
         let scale = 1.0 / (hd as f32).sqrt();
         let params = [t as u32, nh as u32, nkv as u32, hd as u32, pos0 as u32, scale.to_bits()];
         self.dispatch("attention", &[&q.buf, &cache.keys, &cache.values, &out.buf], &params, (nh as u32, t as u32, 1));
@@ -200,11 +205,11 @@ impl Backend for Gpu {
     ) -> Act {
         let channels = l.conv_channels();
         let t = x.len / channels;
-        let conv = self.act(x.len);
+        let conv = self.empty(x.len);
         let params = [t as u32, channels as u32, l.conv_kernel as u32];
         self.dispatch("conv1d", &[&x.buf, &w.conv1d, &state.conv, &conv.buf], &params, grid_1d(channels));
         let (hk, hv, dk, dv) = (l.num_key_heads, l.num_value_heads, l.key_head_dim, l.value_head_dim);
-        let out = self.act(t * hv * dv);
+        let out = self.empty(t * hv * dv);
         let params = [t as u32, hk as u32, hv as u32, dk as u32, dv as u32, channels as u32];
         let buffers = [&conv.buf, &b.buf, &a.buf, &*w.a_log, &*w.dt_bias, &state.recurrent, &out.buf];
         self.dispatch("delta_rule", &buffers, &params, (hv as u32, 1, 1));
@@ -216,7 +221,7 @@ impl Backend for Gpu {
     }
 
     fn swiglu(&self, gate: &Act, up: &Act) -> Act {
-        let out = self.act(gate.len);
+        let out = self.empty(gate.len);
         self.elementwise("swiglu", &[&gate.buf, &up.buf, &out.buf], gate.len, [0, 0, 0]);
         out
     }
@@ -238,13 +243,13 @@ impl Backend for Gpu {
         let pairs = r.tokens * r.k;
         ensure!(pairs <= 65535, "at most 65535 (token, expert) pairs per forward call on the GPU");
         let (h, i) = (e.hidden, e.intermediate);
-        let act = self.act(pairs * i);
+        let act = self.empty(pairs * i);
         let [gw, gs, gb] = e.gate;
         let [uw, us, ub] = e.up;
         let params = [i as u32, h as u32, r.k as u32, e.stride, gw, gs, gb, uw, us, ub];
         let kernel = self.kernel(&format!("expert_gate_up_{}", e.gate_up_format));
         self.dispatch(kernel, &[&e.buf, &x.buf, &r.ids, &act.buf], &params, (i.div_ceil(4) as u32, pairs as u32, 1));
-        let out = self.act(pairs * h);
+        let out = self.empty(pairs * h);
         let [dw, ds, db] = e.down;
         let kernel = self.kernel(&format!("expert_down_{}", e.down_format));
         let params = [h as u32, i as u32, e.stride, dw, ds, db];
@@ -265,7 +270,7 @@ impl Backend for Gpu {
     }
 
     fn last_row(&self, x: &Act, width: usize) -> Act {
-        let out = self.act(width);
+        let out = self.empty(width);
         self.elementwise("copy", &[&x.buf, &out.buf], width, [0, (x.len - width) as u32, 0]);
         out
     }
@@ -273,6 +278,17 @@ impl Backend for Gpu {
     fn read(&self, x: &Act) -> Result<Vec<f32>> {
         let bytes = self.read_back(&x.buf, x.len)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    fn argmax(&self, x: &Act) -> Result<u32> {
+        let result = self.scratch(1);
+        self.dispatch("argmax", &[&x.buf, &result], &[x.len as u32], (1, 1, 1));
+        let bytes = self.read_back(&result, 1)?;
+        Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+    }
+
+    fn counters(&self) -> Counters {
+        Counters { dispatches: self.dispatches.get(), syncs: self.syncs.get() }
     }
 }
 
@@ -286,12 +302,8 @@ fn rows_grid(rows: usize) -> (u32, u32, u32) {
 
 impl WeightsFrom for Gpu {
     fn weights_from(&self, host: &Weights) -> Result<Weights<Gpu>> {
-        host.transfer(&mut Upload { gpu: self })
+        host.transfer(&mut &*self)
     }
-}
-
-struct Upload<'a> {
-    gpu: &'a Gpu,
 }
 
 /// The kernel spelling of a matrix's format, and the byte size of its packed-weight and scale units.
@@ -309,7 +321,8 @@ fn matrix_format(m: &Matrix) -> Result<(String, usize, usize)> {
     })
 }
 
-impl Transfer<Gpu> for Upload<'_> {
+/// Uploads host weights (`&Gpu` so a shared GPU can take them).
+impl Transfer<Gpu> for &Gpu {
     fn matrix(&mut self, name: &str, m: &Matrix) -> Result<GpuMatrix> {
         let &[rows, cols] = m.shape() else { bail!("{name}: a matrix of shape {:?}", m.shape()) };
         let (format, wunit, sunit) = matrix_format(m).with_context(|| name.to_string())?;
@@ -326,12 +339,12 @@ impl Transfer<Gpu> for Upload<'_> {
             bytes.extend_from_slice(part);
             bytes.resize(bytes.len().next_multiple_of(4), 0);
         }
-        let buf = Rc::new(self.gpu.upload(name, &bytes)?);
+        let buf = Rc::new(self.upload(name, &bytes)?);
         Ok(GpuMatrix { buf, rows, cols, format, offsets })
     }
 
     fn vector(&mut self, name: &str, v: &[f32]) -> Result<Rc<Buf>> {
-        Ok(Rc::new(self.gpu.upload(name, bytemuck::cast_slice(v))?))
+        Ok(Rc::new(self.upload(name, bytemuck::cast_slice(v))?))
     }
 
     fn experts(&mut self, layer: usize, experts: &[ExpertWeights]) -> Result<GpuExperts> {
@@ -340,9 +353,9 @@ impl Transfer<Gpu> for Upload<'_> {
         let stride = first.len().next_multiple_of(256);
         let total = (stride * experts.len()) as u64;
         ensure!(
-            total <= self.gpu.max_binding(),
+            total <= self.max_binding(),
             "{what} take {total} bytes, more than this GPU's largest binding ({} bytes); use --backend cpu",
-            self.gpu.max_binding()
+            self.max_binding()
         );
         let component = |name: &str| -> Result<(String, [u32; 3])> {
             let entry: &TensorEntry = &components[name];
@@ -363,7 +376,7 @@ impl Transfer<Gpu> for Upload<'_> {
         let (up_format, up) = component("up")?;
         let (down_format, down) = component("down")?;
         ensure!(gate_format == up_format, "{what}: gate ({gate_format}) and up ({up_format}) differ in format");
-        let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(&what),
             size: total,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
@@ -380,7 +393,7 @@ impl Transfer<Gpu> for Upload<'_> {
         buffer.unmap();
         let (intermediate, hidden) = (experts[0].gate.shape()[0], experts[0].gate.shape()[1]);
         Ok(GpuExperts {
-            buf: Rc::new(Buf { id: self.gpu.new_id(), buffer, pool: None }),
+            buf: Rc::new(Buf { id: self.new_id(), buffer, pool: None }),
             stride: stride as u32,
             hidden,
             intermediate,

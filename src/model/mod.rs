@@ -94,13 +94,24 @@ impl<B: Backend> Model<B> {
     /// Runs `tokens` through the model after what `state` holds, updating it. Several tokens are one batched
     /// prefill; one token is a decode step. Returns logits `[n, vocab]` for the positions `which` selects.
     pub fn forward(&self, tokens: &[u32], state: &mut State<B>, which: Logits) -> Result<Vec<f32>> {
+        let logits = self.logits(tokens, state, which)?;
+        self.backend.read(&logits)
+    }
+
+    /// Like [`Model::forward`] for the last position, returning only its most likely next token (greedy
+    /// decoding: the backend reads back one id, not the logits).
+    pub fn forward_greedy(&self, tokens: &[u32], state: &mut State<B>) -> Result<u32> {
+        let logits = self.logits(tokens, state, Logits::Last)?;
+        self.backend.argmax(&logits)
+    }
+
+    fn logits(&self, tokens: &[u32], state: &mut State<B>, which: Logits) -> Result<B::Act> {
         if tokens.is_empty() {
             bail!("no tokens to run");
         }
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             bail!("token id {bad} is outside the vocabulary (size {})", self.config.vocab_size);
         }
-        let logits = qwen35::forward(&self.backend, &self.config, &self.weights, tokens, state, which)?;
-        self.backend.read(&logits)
+        qwen35::forward(&self.backend, &self.config, &self.weights, tokens, state, which)
     }
 }

@@ -1,0 +1,318 @@
+//! Every GPU operation against its CPU twin (the CPU backend) on fresh random inputs, at several shapes including
+//! ones that are not multiples of the tile (4 rows, 32 columns), the group or the subgroup; and every rendered
+//! kernel through naga's validation and MSL translation. The seed is printed so a failure can be replayed
+//! (FLOE_TEST_SEED=...).
+//!
+//! Tolerances, as max |gpu − cpu| / max |cpu|: 2e-5 for operations that sum (matmul, norms, attention, the delta
+//! rule, MoE), where the GPU adds in another order; 1e-6 for the element-wise ones.
+
+mod common;
+
+use floe::backend::Backend;
+use floe::config::LinearAttnConfig;
+use floe::convert::quantize_matrix;
+use floe::cpu::Cpu;
+use floe::gpu::Gpu;
+use floe::quant::QuantFormat;
+use floe::tensor::{DType, Matrix, Tensor};
+use floe::weights::{ExpertWeights, LinearAttnWeights, Storage, Transfer};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const SUMS: f32 = 2e-5;
+const ELEMENTWISE: f32 = 1e-6;
+
+struct Bench {
+    gpu: Gpu,
+    rng: ChaCha8Rng,
+}
+
+fn bench() -> Option<Bench> {
+    let gpu = common::gpu()?;
+    let seed = std::env::var("FLOE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("seed {seed} (FLOE_TEST_SEED={seed} replays it)");
+    Some(Bench { gpu, rng: ChaCha8Rng::seed_from_u64(seed) })
+}
+
+impl Bench {
+    fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.rng.random_range(-scale..scale)).collect()
+    }
+
+    fn matrix(&mut self, rows: usize, cols: usize, format: &str) -> Matrix {
+        let dense = Matrix::Dense(Tensor::from_f32(vec![rows, cols], self.values(rows * cols, 0.5)));
+        match format {
+            "f32" => dense,
+            "bf16" => cast(&dense, DType::BF16),
+            "f16" => cast(&dense, DType::F16),
+            q => {
+                // q{bits}g{group}{scale dtype}
+                let (bits, rest) = q[1..].split_once('g').unwrap();
+                let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap();
+                let f = QuantFormat::new(bits.parse().unwrap(), rest[..digits].parse().unwrap()).unwrap();
+                let scale_dtype = match &rest[digits..] {
+                    "bf16" => DType::BF16,
+                    "f16" => DType::F16,
+                    _ => DType::F32,
+                };
+                match quantize_matrix(&dense, f) {
+                    Matrix::Affine { words, scales, biases, format, shape } => Matrix::Affine {
+                        words,
+                        scales: scales.cast(scale_dtype),
+                        biases: biases.cast(scale_dtype),
+                        format,
+                        shape,
+                    },
+                    Matrix::Dense(_) => unreachable!(),
+                }
+            }
+        }
+    }
+
+    fn both(&self, values: &[f32]) -> (Vec<f32>, <Gpu as Backend>::Act) {
+        (values.to_vec(), self.gpu.act(values).unwrap())
+    }
+
+    /// `n` random values in (−scale, scale), on both backends.
+    fn random(&mut self, n: usize, scale: f32) -> (Vec<f32>, <Gpu as Backend>::Act) {
+        let values = self.values(n, scale);
+        self.both(&values)
+    }
+
+    fn upload(&self, m: &Matrix) -> <Gpu as Storage>::Matrix {
+        Transfer::<Gpu>::matrix(&mut &self.gpu, "a test matrix", m).unwrap()
+    }
+
+    fn vector(&self, v: &[f32]) -> <Gpu as Storage>::Vector {
+        Transfer::<Gpu>::vector(&mut &self.gpu, "a test vector", v).unwrap()
+    }
+
+    fn check(&self, what: &str, cpu: &[f32], gpu: &<Gpu as Backend>::Act, tolerance: f32) {
+        let gpu = self.gpu.read(gpu).unwrap();
+        let err = common::relative_error(&gpu, cpu);
+        assert!(err <= tolerance, "{what}: GPU differs from CPU by {err:.2e} (tolerance {tolerance:.0e})");
+    }
+}
+
+fn cast(m: &Matrix, dtype: DType) -> Matrix {
+    match m {
+        Matrix::Dense(t) => Matrix::Dense(t.cast(dtype)),
+        _ => unreachable!(),
+    }
+}
+
+const DENSE: [&str; 3] = ["f32", "bf16", "f16"];
+
+fn quantized() -> Vec<String> {
+    let mut all = Vec::new();
+    for bits in [2, 3, 4, 6, 8] {
+        for group in [32, 64, 128] {
+            for scale in ["bf16", "f16", "f32"] {
+                all.push(format!("q{bits}g{group}{scale}"));
+            }
+        }
+    }
+    all
+}
+
+#[test]
+fn matmul_every_format_and_odd_shapes() {
+    let Some(mut b) = bench() else { return };
+    // (rows, cols, tokens): rows not a multiple of 4, cols not of 32, tokens around the 8 per pass.
+    let dense_shapes = [(1, 1, 1), (5, 45, 1), (37, 100, 3), (64, 256, 9), (130, 33, 17)];
+    let quant_shapes = [(3, 128, 1), (37, 384, 1), (66, 256, 9), (9, 640, 17)];
+    let formats: Vec<String> = DENSE.iter().map(|s| s.to_string()).chain(quantized()).collect();
+    for format in &formats {
+        let shapes: &[(usize, usize, usize)] = if format.starts_with('q') { &quant_shapes } else { &dense_shapes };
+        for &(rows, cols, t) in shapes {
+            let m = b.matrix(rows, cols, format);
+            let (x, gx) = b.random(t * cols, 1.0);
+            let cpu = Cpu.matmul(&x, &m);
+            let gpu = b.gpu.matmul(&gx, &b.upload(&m));
+            b.check(&format!("matmul {format} [{rows}x{cols}] x {t} tokens"), &cpu, &gpu, SUMS);
+        }
+    }
+}
+
+#[test]
+fn embedding_rows_every_format() {
+    let Some(mut b) = bench() else { return };
+    let formats: Vec<String> = DENSE.iter().map(|s| s.to_string()).chain(quantized()).collect();
+    for format in &formats {
+        let cols = if format.starts_with('q') { 384 } else { 70 };
+        let m = b.matrix(50, cols, format);
+        let tokens: Vec<u32> = (0..7).map(|_| b.rng.random_range(0..50)).collect();
+        let cpu = Cpu.embed(&m, &tokens).unwrap();
+        let gpu = b.gpu.embed(&b.upload(&m), &tokens).unwrap();
+        b.check(&format!("embed {format}"), &cpu, &gpu, ELEMENTWISE);
+    }
+}
+
+#[test]
+fn norms_rope_and_element_wise_ops() {
+    let Some(mut b) = bench() else { return };
+    for (rows, dim) in [(1, 1), (5, 7), (3, 64), (2, 300)] {
+        let (x, gx) = b.random(rows * dim, 2.0);
+        let (z, gz) = b.random(rows * dim, 2.0);
+        let w = b.values(dim, 1.5);
+        let gw = b.vector(&w);
+        b.check("rms_norm", &Cpu.rms_norm(&x, &w, dim, 1e-6), &b.gpu.rms_norm(&gx, &gw, dim, 1e-6), SUMS);
+        let cpu = Cpu.rms_norm_gated(&x, &w, &z, dim, 1e-6);
+        b.check("rms_norm_gated", &cpu, &b.gpu.rms_norm_gated(&gx, &gw, &gz, dim, 1e-6), SUMS);
+        b.check("swiglu", &Cpu.swiglu(&x, &z), &b.gpu.swiglu(&gx, &gz), ELEMENTWISE);
+        let (mut cx, mut g) = b.both(&x);
+        Cpu.mul_sigmoid(&mut cx, &z);
+        b.gpu.mul_sigmoid(&mut g, &gz);
+        b.check("mul_sigmoid", &cx, &g, ELEMENTWISE);
+        let (mut cx, mut g) = b.both(&x);
+        Cpu.add(&mut cx, &z);
+        b.gpu.add(&mut g, &gz);
+        b.check("add", &cx, &g, ELEMENTWISE);
+        b.check("last_row", &Cpu.last_row(&x, dim), &b.gpu.last_row(&gx, dim), 0.0);
+    }
+    for (t, heads, width) in [(1, 1, 1), (3, 4, 32), (5, 3, 17)] {
+        let (x, gx) = b.random(t * heads * 2 * width, 1.0);
+        let (c1, c2) = Cpu.split_heads(&x, width);
+        let (g1, g2) = b.gpu.split_heads(&gx, width);
+        b.check("split_heads (first)", &c1, &g1, 0.0);
+        b.check("split_heads (second)", &c2, &g2, 0.0);
+    }
+    // Positions far from 0 too: the angle table comes from the CPU, so large angles stay exact.
+    for (t, heads, hd, rot, pos0) in [(1, 2, 32, 8, 0), (5, 3, 64, 64, 17), (2, 4, 256, 64, 250_000)] {
+        let (mut x, mut gx) = b.random(t * heads * hd, 1.0);
+        Cpu.rope(&mut x, heads, hd, rot, pos0, 10_000_000.0);
+        b.gpu.rope(&mut gx, heads, hd, rot, pos0, 10_000_000.0);
+        b.check(&format!("rope t={t} heads={heads} hd={hd} rot={rot} pos0={pos0}"), &x, &gx, ELEMENTWISE);
+    }
+}
+
+/// Attention over a cache filled by earlier calls (prefill, then decode steps), past the 64-key block.
+#[test]
+fn attention_prefill_then_decode() {
+    let Some(mut b) = bench() else { return };
+    for (nh, nkv, hd, steps) in [(4, 2, 32, [70, 1, 1]), (2, 2, 256, [5, 64, 1]), (6, 1, 40, [1, 130, 2])] {
+        let width = nkv * hd;
+        let mut cpu_cache = Cpu.new_kv_cache(width).unwrap();
+        let mut gpu_cache = b.gpu.new_kv_cache(width).unwrap();
+        let mut pos = 0;
+        for t in steps {
+            let (q, gq) = b.random(t * nh * hd, 1.0);
+            let (k, gk) = b.random(t * width, 1.0);
+            let (v, gv) = b.random(t * width, 1.0);
+            let cpu = Cpu.attention(&q, &k, &v, &mut cpu_cache, pos, (nh, nkv), hd).unwrap();
+            let gpu = b.gpu.attention(&gq, &gk, &gv, &mut gpu_cache, pos, (nh, nkv), hd).unwrap();
+            b.check(&format!("attention nh={nh} nkv={nkv} hd={hd} pos={pos} t={t}"), &cpu, &gpu, SUMS);
+            pos += t;
+        }
+    }
+}
+
+/// Gated DeltaNet's conv and recurrence, the states carried across calls.
+#[test]
+fn gated_delta_net_carries_its_states() {
+    let Some(mut b) = bench() else { return };
+    for (hk, hv, dk, dv, kernel) in [(1, 1, 8, 8, 2), (2, 4, 16, 24, 4), (2, 6, 128, 70, 4)] {
+        let l = LinearAttnConfig { num_key_heads: hk, num_value_heads: hv, key_head_dim: dk, value_head_dim: dv, conv_kernel: kernel };
+        let channels = l.conv_channels();
+        let (conv1d, a_log, dt_bias) = (b.values(channels * kernel, 0.5), b.values(hv, 1.0), b.values(hv, 1.0));
+        let empty = Matrix::Dense(Tensor::from_f32(vec![1, 1], vec![0.0]));
+        let host: LinearAttnWeights = LinearAttnWeights {
+            in_proj_qkv: empty.clone(),
+            in_proj_z: empty.clone(),
+            in_proj_b: empty.clone(),
+            in_proj_a: empty.clone(),
+            conv1d,
+            a_log,
+            dt_bias,
+            norm: vec![],
+            out_proj: empty,
+        };
+        let up = |v: &[f32]| b.vector(v);
+        let mat = |m: &Matrix| b.upload(m);
+        let device = LinearAttnWeights {
+            in_proj_qkv: mat(&host.in_proj_qkv),
+            in_proj_z: mat(&host.in_proj_z),
+            in_proj_b: mat(&host.in_proj_b),
+            in_proj_a: mat(&host.in_proj_a),
+            conv1d: up(&host.conv1d),
+            a_log: up(&host.a_log),
+            dt_bias: up(&host.dt_bias),
+            norm: up(&[0.0]),
+            out_proj: mat(&host.out_proj),
+        };
+        let mut cpu_state = Cpu.new_linear_state(&l).unwrap();
+        let mut gpu_state = b.gpu.new_linear_state(&l).unwrap();
+        for t in [7, 1, 1, 3] {
+            let (x, gx) = b.random(t * channels, 1.0);
+            let (beta, gbeta) = b.random(t * hv, 2.0);
+            let (a, ga) = b.random(t * hv, 2.0);
+            let cpu = Cpu.gated_delta_net(&l, &host, &x, &beta, &a, &mut cpu_state);
+            let gpu = b.gpu.gated_delta_net(&l, &device, &gx, &gbeta, &ga, &mut gpu_state);
+            b.check(&format!("gated delta net hk={hk} hv={hv} dk={dk} dv={dv} t={t}"), &cpu, &gpu, SUMS);
+        }
+    }
+}
+
+/// Routing, the routed experts (records in the floe layout, every expert format) and the combine with the shared
+/// expert, as one MoE block.
+#[test]
+fn moe_routing_experts_and_combine() {
+    let Some(mut b) = bench() else { return };
+    let cases = [
+        ("f32", 8, 2, 1, 64, 48, true),
+        ("bf16", 33, 4, 5, 96, 40, false),
+        ("q4g64bf16", 16, 8, 3, 128, 64, true),
+        ("q2g32bf16", 9, 3, 9, 64, 96, true),
+        ("q3g32f16", 512, 10, 2, 64, 64, false),
+        ("q8g128f32", 40, 4, 1, 256, 128, true),
+        ("q6g64bf16", 10, 2, 4, 128, 64, true),
+    ];
+    for (format, experts, k, t, h, inter, renormalize) in cases {
+        let host: Vec<ExpertWeights> = (0..experts)
+            .map(|_| ExpertWeights {
+                gate: b.matrix(inter, h, format),
+                up: b.matrix(inter, h, format),
+                down: b.matrix(h, inter, format),
+            })
+            .collect();
+        let device = Transfer::<Gpu>::experts(&mut &b.gpu, 0, &host).unwrap();
+        let what = format!("MoE {format} E={experts} k={k} t={t} h={h} i={inter}");
+        let (x, gx) = b.random(t * h, 1.0);
+        let (logits, glogits) = b.random(t * experts, 3.0);
+        let (shared, gshared) = b.random(t * h, 1.0);
+        let (gate, ggate) = b.random(t, 2.0);
+        let (mut hidden, mut ghidden) = b.random(t * h, 1.0);
+        let routing = Cpu.route(&logits, experts, k, renormalize);
+        let groute = b.gpu.route(&glogits, experts, k, renormalize);
+        let out = Cpu.experts(&x, &routing, &host).unwrap();
+        let gout = b.gpu.experts(&gx, &groute, &device).unwrap();
+        b.check(&format!("{what}: experts"), &out, &gout, SUMS);
+        Cpu.moe_combine(&mut hidden, &out, &routing, Some((&shared, &gate)), h);
+        b.gpu.moe_combine(&mut ghidden, &gout, &groute, Some((&gshared, &ggate)), h);
+        b.check(&format!("{what}: combine"), &hidden, &ghidden, SUMS);
+        Cpu.moe_combine(&mut hidden, &out, &routing, None, h);
+        b.gpu.moe_combine(&mut ghidden, &gout, &groute, None, h);
+        b.check(&format!("{what}: combine without shared expert"), &hidden, &ghidden, SUMS);
+    }
+}
+
+/// The kernels the binary embeds all pass naga's validation and MSL translation (build.rs checked them when it
+/// rendered them; this proves it on what was embedded), and every template produced at least one.
+#[test]
+fn every_rendered_kernel_validates_and_translates_to_msl() {
+    mod check {
+        include!("../src/gpu/shader_check.rs");
+    }
+    let kernels = floe::gpu::kernels::KERNELS;
+    for k in kernels {
+        let bindings = check::check_kernel(k.source).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+        let listed: Vec<(u32, bool)> = bindings.iter().map(|b| (b.binding, b.read_only)).collect();
+        assert_eq!(listed, k.bindings, "{}: bindings differ from the embedded table", k.name);
+    }
+    for template in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/wgsl")).unwrap() {
+        let name = template.unwrap().file_name().into_string().unwrap();
+        let included = ["weights.wgsl", "rowdot.wgsl", "common.wgsl"].contains(&name.as_str());
+        assert!(included || kernels.iter().any(|k| k.template == name), "no kernel rendered from wgsl/{name}");
+    }
+    println!("{} kernels checked", kernels.len());
+}
