@@ -61,6 +61,9 @@ struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also print GPU time per kernel over the decode (timestamps around every dispatch; slows it down).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args)]
@@ -186,14 +189,18 @@ fn main() -> ExitCode {
 
 /// Work to do with a model on whichever backend `--backend` picks.
 trait Job {
-    fn run<B: Backend>(self, model: &Model<B>) -> Result<()>;
+    fn run<B: Backend + 'static>(self, model: &Model<B>) -> Result<()>;
 }
 
 /// Runs `job` on the backend `choice` picks: the GPU (the adapter named on stderr) or the CPU.
 fn on_backend(model: Model, choice: BackendChoice, job: impl Job) -> Result<()> {
     let gpu = match choice {
         BackendChoice::Cpu => None,
-        BackendChoice::Gpu => Some(Gpu::open(AdapterChoice::Any)?.context("--backend gpu: no GPU adapter found")?),
+        BackendChoice::Gpu => Some(Gpu::open(AdapterChoice::Any)?.with_context(|| {
+            let found = Gpu::adapters();
+            let found = if found.is_empty() { "none".to_string() } else { found.join("; ") };
+            format!("--backend gpu: no usable GPU adapter (adapters found: {found})")
+        })?),
         BackendChoice::Auto => Gpu::open(AdapterChoice::Hardware)?,
     };
     let Some(gpu) = gpu else {
@@ -232,7 +239,7 @@ struct Generate {
 }
 
 impl Job for Generate {
-    fn run<B: Backend>(self, model: &Model<B>) -> Result<()> {
+    fn run<B: Backend + 'static>(self, model: &Model<B>) -> Result<()> {
         let args = self.args;
         let mut stdout = std::io::stdout();
         let before = model.backend.counters();
@@ -279,7 +286,7 @@ struct WriteLogits {
 }
 
 impl Job for WriteLogits {
-    fn run<B: Backend>(self, model: &Model<B>) -> Result<()> {
+    fn run<B: Backend + 'static>(self, model: &Model<B>) -> Result<()> {
         let (tokens, prefill) = (&self.args.tokens, self.prefill);
         let mut state = model.new_state()?;
         let mut out = model.forward(&tokens[..prefill], &mut state, Logits::All).context("prefill")?;
@@ -302,7 +309,7 @@ fn bench(args: BenchArgs) -> Result<()> {
 struct Bench(BenchArgs);
 
 impl Job for Bench {
-    fn run<B: Backend>(self, model: &Model<B>) -> Result<()> {
+    fn run<B: Backend + 'static>(self, model: &Model<B>) -> Result<()> {
         let args = self.0;
         let vocab = model.config.vocab_size as u64;
         // Deterministic pseudo-random prompt ids (a multiplicative hash of the position).
@@ -323,6 +330,9 @@ impl Job for Bench {
         }
         let decode = start.elapsed().as_secs_f64();
         let after = model.backend.counters();
+        if args.profile {
+            profile_decode(model, &mut state, next, args.gen_tokens.max(1))?;
+        }
         let n = args.gen_tokens.max(1) as f64;
         let report = serde_json::json!({
             "model": args.model.display().to_string(),
@@ -344,6 +354,28 @@ impl Job for Bench {
         }
         Ok(())
     }
+}
+
+/// Decodes `n` more tokens with every GPU dispatch timed, and prints GPU time per token by kernel.
+fn profile_decode<B: Backend + 'static>(model: &Model<B>, state: &mut floe::model::State<B>, mut next: u32, n: usize) -> Result<()> {
+    let Some(gpu) = (&model.backend as &dyn std::any::Any).downcast_ref::<Gpu>() else {
+        eprintln!("floe: --profile times GPU kernels; this run is on the CPU");
+        return Ok(());
+    };
+    if !gpu.start_profiling() {
+        eprintln!("floe: --profile: this GPU has no timestamps inside passes");
+        return Ok(());
+    }
+    for _ in 0..n {
+        next = model.forward_greedy(&[next], state)?;
+    }
+    let rows = gpu.profile();
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    println!("GPU time per decoded token: {:.3} ms in kernels", total / n as f64 * 1e3);
+    for (name, secs, count) in rows {
+        println!("  {name:32} {:8.1} us/token  {:6.1} dispatches/token  {:5.1}%", secs / n as f64 * 1e6, count as f64 / n as f64, 100.0 * secs / total);
+    }
+    Ok(())
 }
 
 fn kernels(args: KernelsArgs) -> Result<()> {

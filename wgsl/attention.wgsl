@@ -1,7 +1,7 @@
 // Causal attention of t new queries q [t, nh, hd] over the KV cache [len, nkv, hd] (the new tokens' keys and values
 // already stored at positions pos0..pos0 + t). Query head h reads kv head h / (nh / nkv). One workgroup per (head,
-// query); keys in blocks of 64 with an online softmax, so any context length runs in bounded memory.
-// Grid: (nh, t). head_dim ≤ 256.
+// query); keys in blocks of 64 with an online softmax, so any context length runs in bounded memory. Inner loops
+// read 8 values per iteration so their loads are in flight together. Grid: (nh, t). head_dim ≤ 256.
 
 struct Params {
     t: u32,
@@ -28,8 +28,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let i = wid.y;
     let kvh = h / (p.nh / p.nkv);
     let qo = (i * p.nh + h) * p.hd;
-    for (var d = lid.x; d < p.hd; d += 64u) {
-        qs[d] = q[qo + d];
+    // Zero past head_dim, so the unrolled dot products can read whole groups of 8.
+    for (var d = lid.x; d < 256u; d += 64u) {
+        qs[d] = select(0.0, q[min(qo + d, qo + p.hd - 1u)], d < p.hd);
     }
     workgroupBarrier();
     let visible = p.pos0 + i + 1u;
@@ -41,9 +42,14 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         var score = -1e30;
         if (j < visible) {
             let ko = (j * p.nkv + kvh) * p.hd;
+            let ko_last = ko + p.hd - 1u;
             var acc = 0.0;
-            for (var d = 0u; d < p.hd; d++) {
-                acc = fma(qs[d], keys[ko + d], acc);
+            for (var d = 0u; d < p.hd; d += 8u) {
+{% for i in range(8) %}
+                let k{{ i }} = keys[min(ko + d + {{ i }}u, ko_last)];
+{% endfor %}
+                acc += ((qs[d] * k0 + qs[d + 1u] * k1) + (qs[d + 2u] * k2 + qs[d + 3u] * k3))
+                    + ((qs[d + 4u] * k4 + qs[d + 5u] * k5) + (qs[d + 6u] * k6 + qs[d + 7u] * k7));
             }
             score = acc * p.scale;
         }
@@ -69,8 +75,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             let d = lid.x + k * 64u;
             if (d < p.hd) {
                 var acc = o[k] * correction;
-                for (var jj = 0u; jj < n; jj++) {
-                    acc = fma(probs[jj], values[((j0 + jj) * p.nkv + kvh) * p.hd + d], acc);
+                // probs is 0 past the visible keys; their rows are clamped to the last visible one.
+                for (var jj = 0u; jj < n; jj += 8u) {
+{% for i in range(8) %}
+                    let v{{ i }} = values[(min(j0 + jj + {{ i }}u, visible - 1u) * p.nkv + kvh) * p.hd + d];
+{% endfor %}
+                    acc += ((probs[jj] * v0 + probs[jj + 1u] * v1) + (probs[jj + 2u] * v2 + probs[jj + 3u] * v3))
+                        + ((probs[jj + 4u] * v4 + probs[jj + 5u] * v5) + (probs[jj + 6u] * v6 + probs[jj + 7u] * v7));
                 }
                 o[k] = acc;
             }

@@ -2,7 +2,8 @@
 // hh / (hv / hk)); each thread owns columns j of the state S [dk, dv] and needs no reduction:
 //   q, k ← L2-normalized (q also × 1/sqrt(dk));  S ← exp(g)·S;  δ = β·(v − Sᵀk);  S ← S + k δᵀ;  o = Sᵀq
 // with β = sigmoid(b), g = −exp(a_log)·softplus(a + dt_bias). conv [t, channels] holds q (all key heads), k, v.
-// dk ≤ 256, dv ≤ 256.
+// Grid: (hv, ceil(dv / 64)), a thread per state column; the loops over dk read 8 rows per iteration so their
+// loads are in flight together. dk ≤ 256 and a multiple of 8.
 
 struct Params {
     t: u32,
@@ -41,7 +42,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let hh = wid.x;
     let kh = hh / (p.hv / p.hk);
     let kd = p.hk * p.dk;
-    let s0 = hh * p.dk * p.dv;
+    let head_state = hh * p.dk * p.dv;
     for (var i = 0u; i < p.t; i++) {
         let row = i * p.channels;
         var sq = 0.0;
@@ -74,19 +75,30 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         workgroupBarrier();
         let beta = sigmoid(b[i * p.hv + hh]);
         let decay = exp(-exp(a_log[hh]) * softplus(a[i * p.hv + hh] + dt_bias[hh]));
-        for (var j = lid.x; j < p.dv; j += 64u) {
+        let j = wid.y * 64u + lid.x;
+        if (j < p.dv) {
             var kv = 0.0;
-            for (var r = 0u; r < p.dk; r++) {
-                let s = state[s0 + r * p.dv + j] * decay;
-                state[s0 + r * p.dv + j] = s;
-                kv = fma(s, kn[r], kv);
+            for (var r = 0u; r < p.dk; r += 8u) {
+{% for i in range(8) %}
+                let s{{ i }} = state[head_state + (r + {{ i }}u) * p.dv + j] * decay;
+{% endfor %}
+{% for i in range(8) %}
+                state[head_state + (r + {{ i }}u) * p.dv + j] = s{{ i }};
+{% endfor %}
+                kv += ((s0 * kn[r] + s1 * kn[r + 1u]) + (s2 * kn[r + 2u] + s3 * kn[r + 3u]))
+                    + ((s4 * kn[r + 4u] + s5 * kn[r + 5u]) + (s6 * kn[r + 6u] + s7 * kn[r + 7u]));
             }
             let delta = (conv[row + 2u * kd + hh * p.dv + j] - kv) * beta;
             var o = 0.0;
-            for (var r = 0u; r < p.dk; r++) {
-                let s = fma(kn[r], delta, state[s0 + r * p.dv + j]);
-                state[s0 + r * p.dv + j] = s;
-                o = fma(s, qn[r], o);
+            for (var r = 0u; r < p.dk; r += 8u) {
+{% for i in range(8) %}
+                let s{{ i }} = fma(kn[r + {{ i }}u], delta, state[head_state + (r + {{ i }}u) * p.dv + j]);
+{% endfor %}
+{% for i in range(8) %}
+                state[head_state + (r + {{ i }}u) * p.dv + j] = s{{ i }};
+{% endfor %}
+                o += ((s0 * qn[r] + s1 * qn[r + 1u]) + (s2 * qn[r + 2u] + s3 * qn[r + 3u]))
+                    + ((s4 * qn[r + 4u] + s5 * qn[r + 5u]) + (s6 * qn[r + 6u] + s7 * qn[r + 7u]));
             }
             out[(i * p.hv + hh) * p.dv + j] = o;
         }

@@ -1,5 +1,7 @@
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
-// each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Grid: (ceil(rows / ROWS), t · k).
+// each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums one row.
+// Grid: (ceil(rows / GROUPS), t · k).
 
 struct Params {
     rows: u32,
@@ -12,33 +14,29 @@ struct Params {
 var<immediate> p: Params;
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<{{ "vec4<f32>" if fmt.kind == "affine" else "f32" }}>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 {% include "weights.wgsl" %}
-{% with slots = 1 %}{% include "rowdot.wgsl" %}{% endwith %}
+{{ declarations(1) }}
 
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
 
-@compute @workgroup_size(32, 4)
+@compute @workgroup_size(16, 8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let pair = wid.y;
     let record = ids[pair] * p.stride;
     let down = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);
-    let row = wid.x * ROWS + lid.y;
-    var acc: array<f32, 1>;
-    if (row < p.rows) {
-        var q: array<f32, 32>;
-        let units = (p.cols + 31u) / 32u;
-        for (var u = lid.x; u < units; u += LANES) {
-            let sb = weight_unit(down, row, u, &q);
-            acc[0] += dot_unit(&q, sb, pair * p.cols + u * 32u, min(32u, p.cols - u * 32u));
-        }
-    }
-    reduce_lanes(lid, &acc);
-    if (row < p.rows && lid.x == 0u) {
-        y[pair * p.rows + row] = reduced(lid, 0u);
+    let xo0 = pair * p.cols;
+    let row = wid.x * GROUPS + lid.y;
+{{ accumulators(1, 1) }}
+{% call for_units() %}
+{{ accumulate(fmt, "down", "min(row, p.rows - 1u)", 0, 1, "valid") }}
+{% endcall %}
+{{ reduce(1, 1) }}
+    if (lid.x == 0u && row < p.rows) {
+        y[pair * p.rows + row] = partial[lid.y * SLOTS * LANES];
     }
 }

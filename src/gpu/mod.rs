@@ -44,7 +44,21 @@ pub struct Gpu {
     /// Dispatches recorded and CPU↔GPU waits, since the start (for `--timing`).
     pub dispatches: Cell<u64>,
     pub syncs: Cell<u64>,
+    profiler: RefCell<Option<Profiler>>,
 }
+
+/// GPU time per kernel, from timestamps written around every dispatch (`Gpu::start_profiling`).
+struct Profiler {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    /// The kernel of each timed dispatch since the last read-back.
+    pending: Vec<&'static str>,
+    /// Per kernel: total seconds and dispatches.
+    totals: HashMap<&'static str, (f64, u64)>,
+}
+
+/// Timestamps one submission can hold (two per dispatch); dispatches past it go untimed.
+const MAX_QUERIES: u32 = 4096;
 
 struct Pipeline {
     pipeline: wgpu::ComputePipeline,
@@ -102,9 +116,12 @@ impl Gpu {
         if limits.max_immediate_size < IMMEDIATE_BYTES {
             bail!("GPU {} offers {} bytes of immediate data; floe needs {IMMEDIATE_BYTES}", info.name, limits.max_immediate_size);
         }
+        // Timestamps inside passes, where the adapter has them, for `floe bench --profile`.
+        let timestamps = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let optional = adapter.features() & timestamps;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("floe"),
-            required_features: wgpu::Features::IMMEDIATES,
+            required_features: wgpu::Features::IMMEDIATES | optional,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -121,7 +138,49 @@ impl Gpu {
             next_id: Cell::new(1),
             dispatches: Cell::new(0),
             syncs: Cell::new(0),
+            profiler: RefCell::new(None),
         }))
+    }
+
+    /// Times every dispatch from now on (GPU timestamps around each), if the adapter can; says whether it can.
+    pub fn start_profiling(&self) -> bool {
+        let needed = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        if !self.device.features().contains(needed) {
+            return false;
+        }
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: MAX_QUERIES,
+        });
+        let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile"),
+            size: MAX_QUERIES as u64 * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        *self.profiler.borrow_mut() = Some(Profiler { queries, resolved, pending: vec![], totals: HashMap::new() });
+        true
+    }
+
+    /// GPU seconds and dispatch counts per kernel since profiling started, the most expensive first.
+    pub fn profile(&self) -> Vec<(&'static str, f64, u64)> {
+        let mut rows: Vec<_> = self.profiler.borrow().iter().flat_map(|p| p.totals.iter().map(|(k, v)| (*k, v.0, v.1))).collect();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        rows
+    }
+
+    /// Every adapter wgpu finds, one line each, saying whether floe can use it (for "no GPU" errors).
+    pub fn adapters() -> Vec<String> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                let usable = if a.features().contains(wgpu::Features::IMMEDIATES) { "usable" } else { "lacks immediates" };
+                format!("{} ({:?}, {:?}): {usable}", i.name, i.device_type, i.backend)
+            })
+            .collect()
     }
 
     /// One line naming the adapter: name, API, driver.
@@ -266,7 +325,18 @@ impl Gpu {
         pass.set_pipeline(&p.pipeline);
         pass.set_bind_group(0, &*group, &[]);
         pass.set_immediates(0, bytemuck::cast_slice(params));
-        pass.dispatch_workgroups(grid.0, grid.1, grid.2);
+        let mut profiler = self.profiler.borrow_mut();
+        let timed = profiler.as_mut().filter(|p| (p.pending.len() as u32 + 1) * 2 <= MAX_QUERIES);
+        match timed {
+            Some(prof) => {
+                let i = prof.pending.len() as u32 * 2;
+                pass.write_timestamp(&prof.queries, i);
+                pass.dispatch_workgroups(grid.0, grid.1, grid.2);
+                pass.write_timestamp(&prof.queries, i + 1);
+                prof.pending.push(name);
+            }
+            None => pass.dispatch_workgroups(grid.0, grid.1, grid.2),
+        }
         self.dispatches.set(self.dispatches.get() + 1);
     }
 
@@ -283,10 +353,39 @@ impl Gpu {
         drop(rec.pass.take());
         let mut encoder = rec.encoder.take().unwrap_or_else(|| self.device.create_command_encoder(&Default::default()));
         encoder.copy_buffer_to_buffer(&buf.buffer, 0, &staging, 0, bytes);
+        let mut profiler = self.profiler.borrow_mut();
+        let timestamps = match profiler.as_mut().filter(|p| !p.pending.is_empty()) {
+            Some(prof) => {
+                let n = prof.pending.len() as u64 * 2;
+                let out = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("profile readback"),
+                    size: n * 8,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                encoder.resolve_query_set(&prof.queries, 0..n as u32, &prof.resolved, 0);
+                encoder.copy_buffer_to_buffer(&prof.resolved, 0, &out, 0, n * 8);
+                Some(out)
+            }
+            None => None,
+        };
         self.queue.submit([encoder.finish()]);
         staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        if let Some(out) = &timestamps {
+            out.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        }
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
         self.syncs.set(self.syncs.get() + 1);
+        if let (Some(out), Some(prof)) = (timestamps, profiler.as_mut()) {
+            let view = out.slice(..).get_mapped_range().map_err(|e| anyhow!("reading GPU timestamps: {e}"))?;
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&view);
+            let period = self.queue.get_timestamp_period() as f64 * 1e-9;
+            for (name, pair) in prof.pending.drain(..).zip(ticks.chunks(2)) {
+                let total = prof.totals.entry(name).or_default();
+                total.0 += pair[1].saturating_sub(pair[0]) as f64 * period;
+                total.1 += 1;
+            }
+        }
         let view = staging.slice(..bytes).get_mapped_range().map_err(|e| anyhow!("reading GPU results: {e}"))?;
         Ok(view.to_vec())
     }

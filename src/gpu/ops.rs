@@ -127,7 +127,9 @@ impl Backend for Gpu {
         let kernel = self.kernel(&format!("matmul_{}_nt{nt}", w.format));
         let [wo, so, bo] = w.offsets;
         let params = [w.rows as u32, w.cols as u32, t as u32, wo, so, bo];
-        self.dispatch(kernel, &[&w.buf, &x.buf, &out.buf], &params, (w.rows.div_ceil(4) as u32, t.div_ceil(nt) as u32, 1));
+        // A workgroup covers 8 rows: see wgsl/matmul.wgsl.
+        let grid = (w.rows.div_ceil(8) as u32, t.div_ceil(nt) as u32, 1);
+        self.dispatch(kernel, &[&w.buf, &x.buf, &out.buf], &params, grid);
         out
     }
 
@@ -209,10 +211,11 @@ impl Backend for Gpu {
         let params = [t as u32, channels as u32, l.conv_kernel as u32];
         self.dispatch("conv1d", &[&x.buf, &w.conv1d, &state.conv, &conv.buf], &params, grid_1d(channels));
         let (hk, hv, dk, dv) = (l.num_key_heads, l.num_value_heads, l.key_head_dim, l.value_head_dim);
+        assert!(dk % 8 == 0 && dk <= 256 && dv <= 256 * 64, "the GPU delta rule takes key_head_dim ≤ 256, a multiple of 8");
         let out = self.empty(t * hv * dv);
         let params = [t as u32, hk as u32, hv as u32, dk as u32, dv as u32, channels as u32];
         let buffers = [&conv.buf, &b.buf, &a.buf, &*w.a_log, &*w.dt_bias, &state.recurrent, &out.buf];
-        self.dispatch("delta_rule", &buffers, &params, (hv as u32, 1, 1));
+        self.dispatch("delta_rule", &buffers, &params, (hv as u32, dv.div_ceil(64) as u32, 1));
         out
     }
 
@@ -248,12 +251,12 @@ impl Backend for Gpu {
         let [uw, us, ub] = e.up;
         let params = [i as u32, h as u32, r.k as u32, e.stride, gw, gs, gb, uw, us, ub];
         let kernel = self.kernel(&format!("expert_gate_up_{}", e.gate_up_format));
-        self.dispatch(kernel, &[&e.buf, &x.buf, &r.ids, &act.buf], &params, (i.div_ceil(4) as u32, pairs as u32, 1));
+        self.dispatch(kernel, &[&e.buf, &x.buf, &r.ids, &act.buf], &params, (i.div_ceil(8) as u32, pairs as u32, 1));
         let out = self.empty(pairs * h);
         let [dw, ds, db] = e.down;
         let kernel = self.kernel(&format!("expert_down_{}", e.down_format));
         let params = [h as u32, i as u32, e.stride, dw, ds, db];
-        self.dispatch(kernel, &[&e.buf, &act.buf, &r.ids, &out.buf], &params, (h.div_ceil(4) as u32, pairs as u32, 1));
+        self.dispatch(kernel, &[&e.buf, &act.buf, &r.ids, &out.buf], &params, (h.div_ceil(8) as u32, pairs as u32, 1));
         Ok(out)
     }
 
@@ -327,7 +330,7 @@ impl Transfer<Gpu> for &Gpu {
         let &[rows, cols] = m.shape() else { bail!("{name}: a matrix of shape {:?}", m.shape()) };
         let (format, wunit, sunit) = matrix_format(m).with_context(|| name.to_string())?;
         ensure!(kernels::find(&format!("matmul_{format}_nt1")).is_some(), "{name}: the GPU has no kernel for {format}");
-        ensure!(rows.div_ceil(4) <= 65535, "{name}: {rows} rows are more than the GPU matmul's grid takes");
+        ensure!(rows.div_ceil(8) <= 65535, "{name}: {rows} rows are more than the GPU matmul's grid takes");
         let parts: Vec<&[u8]> = match m {
             Matrix::Dense(t) => vec![t.bytes()],
             Matrix::Affine { words, scales, biases, .. } => vec![words.bytes(), scales.bytes(), biases.bytes()],

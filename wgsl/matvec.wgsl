@@ -1,0 +1,119 @@
+{# Jinja macros for the row-parallel matrix-vector kernels (matmul, expert_gate_up, expert_down); the includer
+   imports them with `{% from "matvec.wgsl" import ... %}` and includes weights.wgsl for the format's loaders.
+
+   The layout: a workgroup of LANES × GROUPS threads; each thread owns `rows` consecutive rows and sums every
+   LANES-th unit of 32 columns of them (two units per loop iteration), for `nt` tokens; `reduce` then adds the lanes' partial sums up in
+   workgroup memory (no subgroup width assumed). Everything per unit is unrolled here, because naga emits loops
+   the GPU compiler does not unroll, and an array indexed in a loop would live in slow local memory. #}
+
+{% macro declarations(slots) %}
+const LANES: u32 = 16u;
+const GROUPS: u32 = 8u;
+const SLOTS: u32 = {{ slots }}u;
+
+var<workgroup> partial: array<f32, {{ 16 * 8 * slots }}>;
+{% endmacro %}
+
+{# Adds Σ_c w[row, c]·x[c] over unit `u` of matrix `mat` (a Mat) to acc{slot}_{n}, for each token n < nt whose
+   input row starts at xo{n}, when `valid`. `row` and `u` must be in range (callers clamp them and pass
+   valid = false for a clamped unit), so every load can be issued before anything is known. #}
+{% macro accumulate(fmt, mat, row, slot, nt, valid="true") %}
+        {
+{% if fmt.kind == "affine" %}
+            let base = {{ mat }}.w + ({{ row }}) * ({{ mat }}.cols / 32u * BITS) + u * BITS;
+            let g = ({{ row }}) * ({{ mat }}.cols / GROUP) + u * 32u / GROUP;
+            let scale = {{ fmt.sdtype }}_at({{ mat }}.s + g);
+            let bias = {{ fmt.sdtype }}_at({{ mat }}.b + g);
+{% for k in range(fmt.bits) %}
+            let w{{ k }} = w[base + {{ k }}u];
+{% endfor %}
+{% for i in range(32) %}
+{% set bit = i * fmt.bits %}
+{% set word = bit // 32 %}
+{% set shift = bit % 32 %}
+{% if shift + fmt.bits <= 32 %}
+            let q{{ i }} = f32((w{{ word }} >> {{ shift }}u) & MASK);
+{% else %}
+            let q{{ i }} = f32(((w{{ word }} >> {{ shift }}u) | (w{{ word + 1 }} << {{ 32 - shift }}u)) & MASK);
+{% endif %}
+{% endfor %}
+{% for n in range(nt) %}
+            {
+                let xb = (xo{{ n }} + u * 32u) / 4u;
+{% for j in range(8) %}
+                let x{{ j }} = x[xb + {{ j }}u];
+{% endfor %}
+                var qx = q0 * x0.x;
+{% for i in range(1, 32) %}
+                qx = fma(q{{ i }}, x{{ i // 4 }}.{{ "xyzw"[i % 4] }}, qx);
+{% endfor %}
+                let xs = dot(((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
+                acc{{ slot }}_{{ n }} += select(0.0, scale * qx + bias * xs, {{ valid }});
+            }
+{% endfor %}
+{% else %}
+            let base = {{ mat }}.w + ({{ row }}) * {{ mat }}.cols + u * 32u;
+            let remaining = {{ mat }}.cols - u * 32u;
+{% for i in range(32) %}
+            let q{{ i }} = select(0.0, {{ fmt.dtype }}_at(base + {{ i }}u), {{ i }}u < remaining);
+{% endfor %}
+{% for n in range(nt) %}
+            {
+                let xb = xo{{ n }} + u * 32u;
+                var qx = 0.0;
+{% for i in range(32) %}
+                qx = fma(q{{ i }}, select(0.0, x[xb + {{ i }}u], {{ i }}u < remaining), qx);
+{% endfor %}
+                acc{{ slot }}_{{ n }} += select(0.0, qx, {{ valid }});
+            }
+{% endfor %}
+{% endif %}
+        }
+{% endmacro %}
+
+{# The loop over this thread's units, two per iteration (twice the loads in flight), calling `body` with `u` and
+   `valid` set. #}
+{% macro for_units() %}
+    let units = (p.cols + 31u) / 32u;
+    for (var u0 = lid.x; u0 < units; u0 += 2u * LANES) {
+        {
+            let u = u0;
+            let valid = true;
+{{ caller() }}
+        }
+        {
+            let u = min(u0 + LANES, units - 1u);
+            let valid = u0 + LANES < units;
+{{ caller() }}
+        }
+    }
+{% endmacro %}
+
+{# Declares the accumulators acc{s}_{n}. #}
+{% macro accumulators(slots, nt) %}
+{% for s in range(slots) %}
+{% for n in range(nt) %}
+    var acc{{ s }}_{{ n }} = 0.0;
+{% endfor %}
+{% endfor %}
+{% endmacro %}
+
+{# Sums every accumulator across the lanes: slot s, token n of this thread's row group ends in
+   partial[(lid.y · SLOTS + s · nt + n) · LANES]. Reached by every thread of the workgroup. #}
+{% macro reduce(slots, nt) %}
+{% for s in range(slots) %}
+{% for n in range(nt) %}
+    partial[(lid.y * SLOTS + {{ s * nt + n }}u) * LANES + lid.x] = acc{{ s }}_{{ n }};
+{% endfor %}
+{% endfor %}
+    workgroupBarrier();
+    for (var step = LANES / 2u; step > 0u; step >>= 1u) {
+        if (lid.x < step) {
+            for (var k = 0u; k < SLOTS; k++) {
+                let i = (lid.y * SLOTS + k) * LANES + lid.x;
+                partial[i] += partial[i + step];
+            }
+        }
+        workgroupBarrier();
+    }
+{% endmacro %}
