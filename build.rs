@@ -40,18 +40,17 @@ fn variants() -> Vec<(String, &'static str, Value)> {
         v.push((format!("expert_down_{f}"), "expert_down.wgsl", context! { fmt => fmt.clone() }));
         v.push((format!("embed_{f}"), "embed.wgsl", context! { fmt }));
     }
-    for gated in [false, true] {
-        let name = if gated { "rms_norm_gated" } else { "rms_norm" };
-        v.push((name.to_string(), "rms_norm.wgsl", context! { gated }));
+    for (name, gated, residual) in [("rms_norm", false, false), ("rms_norm_gated", true, false), ("add_rms_norm", false, true)] {
+        v.push((name.to_string(), "rms_norm.wgsl", context! { gated, residual }));
     }
     for shared in [false, true] {
         let name = if shared { "moe_combine_shared" } else { "moe_combine" };
         v.push((name.to_string(), "moe_combine.wgsl", context! { shared }));
     }
-    for op in ["add", "mul_sigmoid", "swiglu", "split_heads", "copy"] {
+    for op in ["mul_sigmoid", "swiglu", "split_heads", "copy"] {
         v.push((op.to_string(), "elementwise.wgsl", context! { op }));
     }
-    for plain in ["rope", "attention", "conv1d", "delta_rule", "router", "argmax"] {
+    for plain in ["rope", "attention", "attention_combine", "conv1d", "delta_rule", "router", "argmax"] {
         v.push((plain.to_string(), Box::leak(format!("{plain}.wgsl").into_boxed_str()), context! {}));
     }
     v

@@ -30,6 +30,8 @@ pub trait Backend: Storage + Sized {
     fn matmul(&self, x: &Self::Act, w: &Self::Matrix) -> Self::Act;
     /// RMSNorm of each `dim`-long row, times `weight`.
     fn rms_norm(&self, x: &Self::Act, weight: &Self::Vector, dim: usize, eps: f32) -> Self::Act;
+    /// `hidden += x`, then RMSNorm of hidden's `dim`-long rows times `weight` (a residual add and the next norm).
+    fn add_rms_norm(&self, hidden: &mut Self::Act, x: &Self::Act, weight: &Self::Vector, dim: usize, eps: f32) -> Self::Act;
     /// RMSNorm of each `dim`-long row, times `weight`, times silu(z).
     fn rms_norm_gated(&self, x: &Self::Act, weight: &Self::Vector, z: &Self::Act, dim: usize, eps: f32) -> Self::Act;
     /// Rows of `2·width` split in their halves: ([rows, width], [rows, width]).
@@ -65,8 +67,6 @@ pub trait Backend: Storage + Sized {
     fn mul_sigmoid(&self, x: &mut Self::Act, gate: &Self::Act);
     /// `silu(gate) · up`, element-wise.
     fn swiglu(&self, gate: &Self::Act, up: &Self::Act) -> Self::Act;
-    /// `acc += x`, element-wise.
-    fn add(&self, acc: &mut Self::Act, x: &Self::Act);
     /// Softmax over each token's router logits `[t, experts]`, the `k` largest (ties to the lower index),
     /// renormalized to sum 1 when `renormalize`; each token's choice sorted by expert index.
     fn route(&self, logits: &Self::Act, experts: usize, k: usize, renormalize: bool) -> Self::Routing;

@@ -87,6 +87,11 @@ impl Backend for Cpu {
         y
     }
 
+    fn add_rms_norm(&self, hidden: &mut Vec<f32>, x: &Vec<f32>, weight: &Vec<f32>, dim: usize, eps: f32) -> Vec<f32> {
+        hidden.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+        self.rms_norm(hidden, weight, dim, eps)
+    }
+
     fn rms_norm_gated(&self, x: &Vec<f32>, weight: &Vec<f32>, z: &Vec<f32>, dim: usize, eps: f32) -> Vec<f32> {
         let mut y = self.rms_norm(x, weight, dim, eps);
         y.iter_mut().zip(z).for_each(|(v, zv)| *v *= silu(*zv));
@@ -140,10 +145,6 @@ impl Backend for Cpu {
 
     fn swiglu(&self, gate: &Vec<f32>, up: &Vec<f32>) -> Vec<f32> {
         gate.iter().zip(up).map(|(g, u)| silu(*g) * u).collect()
-    }
-
-    fn add(&self, acc: &mut Vec<f32>, x: &Vec<f32>) {
-        acc.iter_mut().zip(x).for_each(|(a, b)| *a += b);
     }
 
     fn route(&self, logits: &Vec<f32>, experts: usize, k: usize, renormalize: bool) -> Self::Routing {

@@ -157,6 +157,11 @@ fn norms_rope_and_element_wise_ops() {
         let w = b.values(dim, 1.5);
         let gw = b.vector(&w);
         b.check("rms_norm", &Cpu.rms_norm(&x, &w, dim, 1e-6), &b.gpu.rms_norm(&gx, &gw, dim, 1e-6), SUMS);
+        let (mut hidden, mut ghidden) = b.both(&x);
+        let cpu = Cpu.add_rms_norm(&mut hidden, &z, &w, dim, 1e-6);
+        let gpu = b.gpu.add_rms_norm(&mut ghidden, &gz, &gw, dim, 1e-6);
+        b.check("add_rms_norm", &cpu, &gpu, SUMS);
+        b.check("add_rms_norm (the sum)", &hidden, &ghidden, ELEMENTWISE);
         let cpu = Cpu.rms_norm_gated(&x, &w, &z, dim, 1e-6);
         b.check("rms_norm_gated", &cpu, &b.gpu.rms_norm_gated(&gx, &gw, &gz, dim, 1e-6), SUMS);
         b.check("swiglu", &Cpu.swiglu(&x, &z), &b.gpu.swiglu(&gx, &gz), ELEMENTWISE);
@@ -164,10 +169,6 @@ fn norms_rope_and_element_wise_ops() {
         Cpu.mul_sigmoid(&mut cx, &z);
         b.gpu.mul_sigmoid(&mut g, &gz);
         b.check("mul_sigmoid", &cx, &g, ELEMENTWISE);
-        let (mut cx, mut g) = b.both(&x);
-        Cpu.add(&mut cx, &z);
-        b.gpu.add(&mut g, &gz);
-        b.check("add", &cx, &g, ELEMENTWISE);
         b.check("last_row", &Cpu.last_row(&x, dim), &b.gpu.last_row(&gx, dim), 0.0);
     }
     for (t, heads, width) in [(1, 1, 1), (3, 4, 32), (5, 3, 17)] {
@@ -186,11 +187,14 @@ fn norms_rope_and_element_wise_ops() {
     }
 }
 
-/// Attention over a cache filled by earlier calls (prefill, then decode steps), past the 64-key block.
+/// Attention over a cache filled by earlier calls (prefill, then decode steps), past the 64-key block, split
+/// over the keys (one block per split, and several).
 #[test]
 fn attention_prefill_then_decode() {
     let Some(mut b) = bench() else { return };
-    for (nh, nkv, hd, steps) in [(4, 2, 32, [70, 1, 1]), (2, 2, 256, [5, 64, 1]), (6, 1, 40, [1, 130, 2])] {
+    // The last case passes 32 blocks of 64 keys: several blocks per split.
+    let cases = [(4, 2, 32, [70, 1, 1]), (2, 2, 256, [5, 64, 1]), (6, 1, 40, [1, 130, 2]), (2, 1, 32, [2100, 1, 3])];
+    for (nh, nkv, hd, steps) in cases {
         let width = nkv * hd;
         let mut cpu_cache = Cpu.new_kv_cache(width).unwrap();
         let mut gpu_cache = b.gpu.new_kv_cache(width).unwrap();

@@ -1,7 +1,9 @@
 // Causal attention of t new queries q [t, nh, hd] over the KV cache [len, nkv, hd] (the new tokens' keys and values
-// already stored at positions pos0..pos0 + t). Query head h reads kv head h / (nh / nkv). One workgroup per (head,
-// query); keys in blocks of 64 with an online softmax, so any context length runs in bounded memory. Inner loops
-// read 8 values per iteration so their loads are in flight together. Grid: (nh, t). head_dim ≤ 256.
+// already stored at positions pos0..pos0 + t), split over the keys (flash decoding): the workgroup for (head h,
+// query i, split s) runs an online softmax over keys [s·B·64, (s+1)·B·64) in blocks of 64 and writes its partial
+// result (running max m, sum l, unnormalized output o) to `partial`; attention_combine.wgsl merges the splits. So a
+// decode step runs nh · splits workgroups instead of nh. Query head h reads kv head h / (nh / nkv). Inner loops
+// read 8 values per iteration so their loads are in flight together. Grid: (nh, t, splits). head_dim ≤ 256.
 
 struct Params {
     t: u32,
@@ -10,13 +12,17 @@ struct Params {
     hd: u32,
     pos0: u32,
     scale: f32,
+    /// Blocks of 64 keys per split, and splits.
+    blocks: u32,
+    splits: u32,
 }
 var<immediate> p: Params;
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> keys: array<f32>;
 @group(0) @binding(2) var<storage, read> values: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// [t, nh, splits, 2 + hd]: m, l, o.
+@group(0) @binding(3) var<storage, read_write> partial: array<f32>;
 
 var<workgroup> qs: array<f32, 256>;
 var<workgroup> probs: array<f32, 64>;
@@ -34,13 +40,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
     workgroupBarrier();
     let visible = p.pos0 + i + 1u;
+    let first = wid.z * p.blocks * 64u;
+    let end = min(first + p.blocks * 64u, visible);
     var m = -1e30;
     var l = 0.0;
     var o: array<f32, 4>;
-    for (var j0 = 0u; j0 < visible; j0 += 64u) {
+    for (var j0 = first; j0 < end; j0 += 64u) {
         let j = j0 + lid.x;
         var score = -1e30;
-        if (j < visible) {
+        if (j < end) {
             let ko = (j * p.nkv + kvh) * p.hd;
             let ko_last = ko + p.hd - 1u;
             var acc = 0.0;
@@ -63,9 +71,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
         let m_new = max(m, red[0]);
         let correction = exp(m - m_new);
-        probs[lid.x] = select(0.0, exp(score - m_new), j < visible);
+        probs[lid.x] = select(0.0, exp(score - m_new), j < end);
         workgroupBarrier();
-        let n = min(64u, visible - j0);
+        let n = min(64u, end - j0);
         var block_sum = 0.0;
         for (var jj = 0u; jj < n; jj++) {
             block_sum += probs[jj];
@@ -75,10 +83,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             let d = lid.x + k * 64u;
             if (d < p.hd) {
                 var acc = o[k] * correction;
-                // probs is 0 past the visible keys; their rows are clamped to the last visible one.
+                // probs is 0 past the split's keys; their rows are clamped to its last one.
                 for (var jj = 0u; jj < n; jj += 8u) {
 {% for i in range(8) %}
-                    let v{{ i }} = values[(min(j0 + jj + {{ i }}u, visible - 1u) * p.nkv + kvh) * p.hd + d];
+                    let v{{ i }} = values[(min(j0 + jj + {{ i }}u, end - 1u) * p.nkv + kvh) * p.hd + d];
 {% endfor %}
                     acc += ((probs[jj] * v0 + probs[jj + 1u] * v1) + (probs[jj + 2u] * v2 + probs[jj + 3u] * v3))
                         + ((probs[jj + 4u] * v4 + probs[jj + 5u] * v5) + (probs[jj + 6u] * v6 + probs[jj + 7u] * v7));
@@ -89,10 +97,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         m = m_new;
         workgroupBarrier();
     }
+    let po = ((i * p.nh + h) * p.splits + wid.z) * (p.hd + 2u);
+    if (lid.x == 0u) {
+        partial[po] = m;
+        partial[po + 1u] = l;
+    }
     for (var k = 0u; k < 4u; k++) {
         let d = lid.x + k * 64u;
         if (d < p.hd) {
-            out[qo + d] = o[k] / l;
+            partial[po + 2u + d] = o[k];
         }
     }
 }

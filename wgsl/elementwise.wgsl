@@ -1,5 +1,5 @@
 // Element-wise op `{{ op }}` over n values, one thread each:
-//   add: a += b · mul_sigmoid: a ·= sigmoid(b) · swiglu: out = silu(a) · b
+//   mul_sigmoid: a ·= sigmoid(b) · swiglu: out = silu(a) · b
 //   split_heads: [rows, 2·width] → a (first halves), b (second halves) · copy: b[dst + i] = a[src + i]
 
 struct Params {
@@ -10,7 +10,7 @@ struct Params {
 }
 var<immediate> p: Params;
 
-{% if op == "add" or op == "mul_sigmoid" %}
+{% if op == "mul_sigmoid" %}
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 {% elif op == "swiglu" %}
@@ -34,9 +34,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (i >= p.n) {
         return;
     }
-{% if op == "add" %}
-    a[i] += b[i];
-{% elif op == "mul_sigmoid" %}
+{% if op == "mul_sigmoid" %}
     a[i] *= sigmoid(b[i]);
 {% elif op == "swiglu" %}
     out[i] = silu(a[i]) * b[i];

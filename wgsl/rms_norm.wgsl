@@ -1,5 +1,6 @@
 // RMSNorm of each `dim`-long row: y = x / sqrt(mean(x²) + eps) · weight{% if gated %} · silu(z) (the gated form
-// Gated DeltaNet applies per value head){% endif %}. One workgroup of 256 per row (the grid folded into two
+// Gated DeltaNet applies per value head){% endif %}{% if residual %}, of x = hidden + addend, which is also stored
+// in hidden (the residual add and the next norm in one pass){% endif %}. One workgroup of 256 per row (the grid folded into two
 // dimensions); each thread reads 4 values per loop iteration, so their loads are in flight together.
 
 struct Params {
@@ -9,9 +10,16 @@ struct Params {
 }
 var<immediate> p: Params;
 
+{% if residual %}
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+{% else %}
 @group(0) @binding(0) var<storage, read> x: array<f32>;
+{% endif %}
 @group(0) @binding(1) var<storage, read> weight: array<f32>;
-{% if gated %}
+{% if residual %}
+@group(0) @binding(2) var<storage, read> addend: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+{% elif gated %}
 @group(0) @binding(2) var<storage, read> z: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 {% else %}
@@ -33,7 +41,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     var ss = 0.0;
     for (var c0 = lid.x; c0 < p.dim; c0 += 1024u) {
 {% for i in range(4) %}
+{% if residual %}
+        let at{{ i }} = min(base + c0 + {{ 256 * i }}u, last);
+        let v{{ i }} = select(0.0, x[at{{ i }}] + addend[at{{ i }}], c0 + {{ 256 * i }}u < p.dim);
+        if (c0 + {{ 256 * i }}u < p.dim) {
+            x[at{{ i }}] = v{{ i }};
+        }
+{% else %}
         let v{{ i }} = select(0.0, x[min(base + c0 + {{ 256 * i }}u, last)], c0 + {{ 256 * i }}u < p.dim);
+{% endif %}
 {% endfor %}
         ss += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
     }

@@ -141,6 +141,14 @@ impl Backend for Gpu {
         out
     }
 
+    fn add_rms_norm(&self, hidden: &mut Act, x: &Act, weight: &Rc<Buf>, dim: usize, eps: f32) -> Act {
+        let out = self.empty(hidden.len);
+        let rows = hidden.len / dim;
+        let params = [dim as u32, eps.to_bits(), rows as u32];
+        self.dispatch("add_rms_norm", &[&hidden.buf, weight, &x.buf, &out.buf], &params, rows_grid(rows));
+        out
+    }
+
     fn rms_norm_gated(&self, x: &Act, weight: &Rc<Buf>, z: &Act, dim: usize, eps: f32) -> Act {
         let out = self.empty(x.len);
         let rows = x.len / dim;
@@ -189,10 +197,21 @@ impl Backend for Gpu {
         let at = (pos0 * cache.width) as u32;
         self.elementwise("copy", &[&k.buf, &cache.keys], k.len, [0, 0, at]);
         self.elementwise("copy", &[&v.buf, &cache.values], v.len, [0, 0, at]);
-        let out = self.empty(q.len);
+        // Split the keys so that a decode step has enough workgroups: up to 32 splits of whole 64-key blocks,
+        // fewer for a long prefill so the partial results stay within 64 MiB.
+        let blocks = needed.div_ceil(64);
+        let budget = (64 << 20) / (t * nh * (hd + 2) * 4);
+        let splits = blocks.min(32).min(budget.max(1));
+        let per_split = blocks.div_ceil(splits);
+        let splits = blocks.div_ceil(per_split);
+        let partial = self.empty(t * nh * splits * (hd + 2));
         let scale = 1.0 / (hd as f32).sqrt();
-        let params = [t as u32, nh as u32, nkv as u32, hd as u32, pos0 as u32, scale.to_bits()];
-        self.dispatch("attention", &[&q.buf, &cache.keys, &cache.values, &out.buf], &params, (nh as u32, t as u32, 1));
+        let params = [t as u32, nh as u32, nkv as u32, hd as u32, pos0 as u32, scale.to_bits(), per_split as u32, splits as u32];
+        let grid = (nh as u32, t as u32, splits as u32);
+        self.dispatch("attention", &[&q.buf, &cache.keys, &cache.values, &partial.buf], &params, grid);
+        let out = self.empty(q.len);
+        let params = [nh as u32, hd as u32, splits as u32];
+        self.dispatch("attention_combine", &[&partial.buf, &out.buf], &params, (nh as u32, t as u32, 1));
         Ok(out)
     }
 
@@ -227,10 +246,6 @@ impl Backend for Gpu {
         let out = self.empty(gate.len);
         self.elementwise("swiglu", &[&gate.buf, &up.buf, &out.buf], gate.len, [0, 0, 0]);
         out
-    }
-
-    fn add(&self, acc: &mut Act, x: &Act) {
-        self.elementwise("add", &[&acc.buf, &x.buf], acc.len, [0, 0, 0]);
     }
 
     fn route(&self, logits: &Act, experts: usize, k: usize, renormalize: bool) -> Routing {

@@ -29,8 +29,7 @@ pub fn forward<B: Backend>(
             (Mixer::Linear(l), LayerState::Linear(linear)) => gated_deltanet(b, c, l, &x, linear),
             _ => unreachable!("layer state does not match the layer type"),
         };
-        b.add(&mut hidden, &mixed);
-        let x = b.rms_norm(&hidden, &layer.post_attn_norm, h, eps);
+        let x = b.add_rms_norm(&mut hidden, &mixed, &layer.post_attn_norm, h, eps);
         sparse_moe(b, c, &layer.moe, &x, &mut hidden)?;
     }
     state.pos += tokens.len();
