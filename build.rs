@@ -50,7 +50,10 @@ fn variants() -> Vec<(String, &'static str, Value)> {
     for op in ["mul_sigmoid", "swiglu", "split_heads", "copy"] {
         v.push((op.to_string(), "elementwise.wgsl", context! { op }));
     }
-    for plain in ["rope", "attention", "attention_combine", "conv1d", "delta_rule", "router", "argmax"] {
+    for stage in ["partial", "final"] {
+        v.push((format!("argmax_{stage}"), "argmax.wgsl", context! { stage }));
+    }
+    for plain in ["rope", "attention", "attention_combine", "conv1d", "delta_rule", "router"] {
         v.push((plain.to_string(), Box::leak(format!("{plain}.wgsl").into_boxed_str()), context! {}));
     }
     v

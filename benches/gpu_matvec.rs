@@ -45,6 +45,13 @@ fn main() {
     let secs = time(&gpu, 500, || outputs.push(gpu.matmul(&x, &w)));
     report("matvec 4096x4096 q4g64, independent", bytes, secs, limit);
     drop(outputs);
+    // Four times the rows: how the time grows with the bytes (the part that does not grow is per-dispatch cost).
+    let big = random(16384, 4096);
+    let wb = Transfer::<Gpu>::matrix(&mut &gpu, "16384x4096", &big).unwrap();
+    let secs = time(&gpu, 200, || {
+        let _ = gpu.matmul(&x, &wb);
+    });
+    report("matvec 16384x4096 q4g64, one after another", big.size_bytes() as f64, secs, limit);
 
     // One layer of 35B-A3B experts: K = 8 of 256, gate/up 512×2048, down 2048×512.
     // (On a GPU whose bindings cannot hold 256 of them, lavapipe's 128 MiB, fewer: the work per call is the same.)

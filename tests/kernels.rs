@@ -171,6 +171,15 @@ fn norms_rope_and_element_wise_ops() {
         b.check("mul_sigmoid", &cx, &g, ELEMENTWISE);
         b.check("last_row", &Cpu.last_row(&x, dim), &b.gpu.last_row(&gx, dim), 0.0);
     }
+    // Argmax over several 4096-value blocks, with the maximum repeated (the lower index wins).
+    for n in [1, 37, 4096, 10_000, 250_000] {
+        let mut x = b.values(n, 1.0);
+        let top = b.rng.random_range(0..n);
+        x[top] = 2.0;
+        x[n - 1] = 2.0;
+        let gx = b.gpu.act(&x).unwrap();
+        assert_eq!(b.gpu.argmax(&gx).unwrap(), Cpu.argmax(&x).unwrap(), "argmax of {n} values");
+    }
     for (t, heads, width) in [(1, 1, 1), (3, 4, 32), (5, 3, 17)] {
         let (x, gx) = b.random(t * heads * 2 * width, 1.0);
         let (c1, c2) = Cpu.split_heads(&x, width);

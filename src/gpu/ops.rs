@@ -299,8 +299,11 @@ impl Backend for Gpu {
     }
 
     fn argmax(&self, x: &Act) -> Result<u32> {
-        let result = self.scratch(1);
-        self.dispatch("argmax", &[&x.buf, &result], &[x.len as u32], (1, 1, 1));
+        let groups = x.len.div_ceil(4096);
+        assert!(groups <= 65535, "argmax over more than 268M values");
+        let (values, indices, result) = (self.scratch(groups), self.scratch(groups), self.scratch(1));
+        self.dispatch("argmax_partial", &[&x.buf, &values, &indices], &[x.len as u32], (groups as u32, 1, 1));
+        self.dispatch("argmax_final", &[&values, &indices, &result], &[groups as u32], (1, 1, 1));
         let bytes = self.read_back(&result, 1)?;
         Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
     }
