@@ -1,7 +1,7 @@
 {% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
-// each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums one row.
-// Grid: (ceil(rows / GROUPS), t · k).
+// each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 2 rows.
+// Grid: (ceil(rows / (GROUPS · 2)), t · k).
 
 struct Params {
     rows: u32,
@@ -19,7 +19,7 @@ var<immediate> p: Params;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 {% include "weights.wgsl" %}
-{{ declarations(1) }}
+{{ declarations(2) }}
 
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
@@ -30,13 +30,14 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let record = ids[pair] * p.stride;
     let down = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);
     let xo0 = pair * p.cols;
-    let row = wid.x * GROUPS + lid.y;
-{{ accumulators(1, 1) }}
-{% call for_units() %}
-{{ accumulate(fmt, "down", "min(row, p.rows - 1u)", 0, 1, "valid") }}
+    let row0 = (wid.x * GROUPS + lid.y) * 2u;
+{{ accumulators(2, 1) }}
+{% call for_units(1) %}
+{{ accumulate(fmt, "down", "min(row0, p.rows - 1u)", 0, 1, "valid") }}
+{{ accumulate(fmt, "down", "min(row0 + 1u, p.rows - 1u)", 1, 1, "valid") }}
 {% endcall %}
-{{ reduce(1, 1) }}
-    if (lid.x == 0u && row < p.rows) {
-        y[pair * p.rows + row] = partial[lid.y * SLOTS * LANES];
+{{ reduce(2, 1) }}
+    if (lid.x < 2u && row0 + lid.x < p.rows) {
+        y[pair * p.rows + row0 + lid.x] = partial[(lid.y * SLOTS + lid.x) * LANES];
     }
 }

@@ -3,7 +3,7 @@
 // comes from `ids` (written by the router on the GPU: no CPU round trip) and
 //   act[pair, r] = silu(gate_e[r] · x[token]) · (up_e[r] · x[token]).
 // Experts are fixed-stride records in `w` (the floe format's layout); gate and up are of format {{ fmt.name }}.
-// Each thread sums one row of gate and of up. Grid: (ceil(rows / GROUPS), t · k).
+// Each thread sums 2 rows of gate and of up. Grid: (ceil(rows / (GROUPS · 2)), t · k).
 
 struct Params {
     rows: u32,
@@ -25,7 +25,7 @@ var<immediate> p: Params;
 @group(0) @binding(3) var<storage, read_write> act: array<f32>;
 
 {% include "weights.wgsl" %}
-{{ declarations(2) }}
+{{ declarations(4) }}
 
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
@@ -37,17 +37,20 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let gate = Mat((record + p.gate_w) / WB, (record + p.gate_s) / SB, (record + p.gate_b) / SB, p.cols);
     let up = Mat((record + p.up_w) / WB, (record + p.up_s) / SB, (record + p.up_b) / SB, p.cols);
     let xo0 = (pair / p.k) * p.cols;
-    let row = wid.x * GROUPS + lid.y;
-    let r = min(row, p.rows - 1u);
-{{ accumulators(2, 1) }}
-{% call for_units() %}
-{{ accumulate(fmt, "gate", "r", 0, 1, "valid") }}
-{{ accumulate(fmt, "up", "r", 1, 1, "valid") }}
+    let row0 = (wid.x * GROUPS + lid.y) * 2u;
+    let r0 = min(row0, p.rows - 1u);
+    let r1 = min(row0 + 1u, p.rows - 1u);
+{{ accumulators(4, 1) }}
+{% call for_units(1) %}
+{{ accumulate(fmt, "gate", "r0", 0, 1, "valid") }}
+{{ accumulate(fmt, "gate", "r1", 1, 1, "valid") }}
+{{ accumulate(fmt, "up", "r0", 2, 1, "valid") }}
+{{ accumulate(fmt, "up", "r1", 3, 1, "valid") }}
 {% endcall %}
-{{ reduce(2, 1) }}
-    if (lid.x == 0u && row < p.rows) {
-        let g = partial[lid.y * SLOTS * LANES];
-        let u = partial[(lid.y * SLOTS + 1u) * LANES];
-        act[pair * p.rows + row] = g / (1.0 + exp(-g)) * u;
+{{ reduce(4, 1) }}
+    if (lid.x < 2u && row0 + lid.x < p.rows) {
+        let g = partial[(lid.y * SLOTS + lid.x) * LANES];
+        let u = partial[(lid.y * SLOTS + 2u + lid.x) * LANES];
+        act[pair * p.rows + row0 + lid.x] = g / (1.0 + exp(-g)) * u;
     }
 }

@@ -1,5 +1,5 @@
 {% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units %}
-{% set rows = 1 %}
+{% set rows = 2 if nt == 1 else 1 %}
 // y[t, rows] = x[t, cols] · Wᵀ for a weight matrix W [rows, cols] of format {{ fmt.name }}: each thread sums
 // {{ rows }} row(s) for {{ nt }} token(s) per pass, so a batched prefill decodes each weight once per {{ nt }} tokens.
 // Grid: (ceil(rows / (GROUPS · {{ rows }})), ceil(t / {{ nt }})).
@@ -30,7 +30,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let xo{{ n }} = min(tok0 + {{ n }}u, p.t - 1u) * p.cols;
 {% endfor %}
 {{ accumulators(rows, nt) }}
-{% call for_units() %}
+{% call for_units(1) %}
 {% for r in range(rows) %}
 {{ accumulate(fmt, "m", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, nt, "valid") }}
 {% endfor %}

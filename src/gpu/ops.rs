@@ -127,8 +127,9 @@ impl Backend for Gpu {
         let kernel = self.kernel(&format!("matmul_{}_nt{nt}", w.format));
         let [wo, so, bo] = w.offsets;
         let params = [w.rows as u32, w.cols as u32, t as u32, wo, so, bo];
-        // A workgroup covers 8 rows: see wgsl/matmul.wgsl.
-        let grid = (w.rows.div_ceil(8) as u32, t.div_ceil(nt) as u32, 1);
+        // A workgroup covers 8 row groups of 2 rows (decode) or 1 row (8 tokens per pass): see wgsl/matmul.wgsl.
+        let rows_per_group = if nt == 1 { 16 } else { 8 };
+        let grid = (w.rows.div_ceil(rows_per_group) as u32, t.div_ceil(nt) as u32, 1);
         self.dispatch(kernel, &[&w.buf, &x.buf, &out.buf], &params, grid);
         out
     }
@@ -266,12 +267,12 @@ impl Backend for Gpu {
         let [uw, us, ub] = e.up;
         let params = [i as u32, h as u32, r.k as u32, e.stride, gw, gs, gb, uw, us, ub];
         let kernel = self.kernel(&format!("expert_gate_up_{}", e.gate_up_format));
-        self.dispatch(kernel, &[&e.buf, &x.buf, &r.ids, &act.buf], &params, (i.div_ceil(8) as u32, pairs as u32, 1));
+        self.dispatch(kernel, &[&e.buf, &x.buf, &r.ids, &act.buf], &params, (i.div_ceil(16) as u32, pairs as u32, 1));
         let out = self.empty(pairs * h);
         let [dw, ds, db] = e.down;
         let kernel = self.kernel(&format!("expert_down_{}", e.down_format));
         let params = [h as u32, i as u32, e.stride, dw, ds, db];
-        self.dispatch(kernel, &[&e.buf, &act.buf, &r.ids, &out.buf], &params, (h.div_ceil(8) as u32, pairs as u32, 1));
+        self.dispatch(kernel, &[&e.buf, &act.buf, &r.ids, &out.buf], &params, (h.div_ceil(16) as u32, pairs as u32, 1));
         Ok(out)
     }
 
