@@ -63,7 +63,7 @@ fn main() {
     let x = gpu.act(&vec![0.01; 2048]).unwrap();
     // Router logits that pick 8 distinct experts spread over the layer.
     let logits: Vec<f32> = (0..count).map(|e| if e % (count / 8) == 5 { 4.0 } else { 0.0 }).collect();
-    let routing = gpu.route(&gpu.act(&logits).unwrap(), count, 8, true);
+    let routing = gpu.route(&gpu.act(&logits).unwrap(), &device, 8, true);
     let secs = time(&gpu, 500, || {
         let _ = gpu.experts(&x, &routing, &device).unwrap();
     });

@@ -68,8 +68,9 @@ pub trait Backend: Storage + Sized {
     /// `silu(gate) · up`, element-wise.
     fn swiglu(&self, gate: &Self::Act, up: &Self::Act) -> Self::Act;
     /// Softmax over each token's router logits `[t, experts]`, the `k` largest (ties to the lower index),
-    /// renormalized to sum 1 when `renormalize`; each token's choice sorted by expert index.
-    fn route(&self, logits: &Self::Act, experts: usize, k: usize, renormalize: bool) -> Self::Routing;
+    /// renormalized to sum 1 when `renormalize`; each token's choice sorted by expert index. (A backend may
+    /// have stored the shared expert as one more expert, its gate as one more router row: `experts` says.)
+    fn route(&self, logits: &Self::Act, experts: &Self::Experts, k: usize, renormalize: bool) -> Self::Routing;
     /// Every routed expert's SwiGLU MLP on its tokens: `[t·k, hidden]`, row `i·k + j` for token i's j-th expert.
     fn experts(&self, x: &Self::Act, routing: &Self::Routing, experts: &Self::Experts) -> Result<Self::Act>;
     /// `hidden += Σ_j weight_j · expert_out_j (+ sigmoid(shared_gate) · shared_out)`, per token.

@@ -147,8 +147,8 @@ impl Backend for Cpu {
         gate.iter().zip(up).map(|(g, u)| silu(*g) * u).collect()
     }
 
-    fn route(&self, logits: &Vec<f32>, experts: usize, k: usize, renormalize: bool) -> Self::Routing {
-        logits.chunks(experts).map(|row| route(row, k, renormalize)).collect()
+    fn route(&self, logits: &Vec<f32>, experts: &Vec<ExpertWeights>, k: usize, renormalize: bool) -> Self::Routing {
+        logits.chunks(experts.len()).map(|row| route(row, k, renormalize)).collect()
     }
 
     /// Each expert runs once over all the tokens routed to it (a batched prefill reads each expert once).

@@ -255,6 +255,36 @@ impl Matrix {
         }
     }
 
+    /// The rows of `self` then those of `other` (2-D, same width and format), as a new matrix.
+    pub fn concat_rows(&self, other: &Matrix) -> Option<Matrix> {
+        let cat = |a: &Tensor, b: &Tensor| -> Option<Tensor> {
+            if a.dtype() != b.dtype() || a.shape()[1..] != b.shape()[1..] {
+                return None;
+            }
+            let mut shape = a.shape().to_vec();
+            shape[0] += b.shape()[0];
+            if let (Elems::U32(x), Elems::U32(y)) = (a.elems(), b.elems()) {
+                return Some(Tensor::from_u32(shape, [x, y].concat()));
+            }
+            // Through f32 and back: exact for values that came from the dtype.
+            Some(Tensor::from_f32(shape, [a.to_f32(), b.to_f32()].concat()).cast(a.dtype()))
+        };
+        match (self, other) {
+            (Matrix::Dense(a), Matrix::Dense(b)) => Some(Matrix::Dense(cat(a, b)?)),
+            (
+                Matrix::Affine { words, scales, biases, format, shape },
+                Matrix::Affine { words: w2, scales: s2, biases: b2, format: f2, shape: shape2 },
+            ) if format == f2 && shape[1] == shape2[1] => Some(Matrix::Affine {
+                words: cat(words, w2)?,
+                scales: cat(scales, s2)?,
+                biases: cat(biases, b2)?,
+                format: *format,
+                shape: vec![shape[0] + shape2[0], shape[1]],
+            }),
+            _ => None,
+        }
+    }
+
     /// Row `r` of a 2-D matrix as f32 values, into `out` (dequantized for an affine matrix).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         let cols = *self.shape().last().unwrap();

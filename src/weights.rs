@@ -97,6 +97,33 @@ pub trait Transfer<S: Storage> {
     fn matrix(&mut self, name: &str, m: &Matrix) -> Result<S::Matrix>;
     fn vector(&mut self, name: &str, v: &[f32]) -> Result<S::Vector>;
     fn experts(&mut self, layer: usize, experts: &[ExpertWeights]) -> Result<S::Experts>;
+
+    /// A layer's MoE block; a storage may lay it out otherwise than [`moe_parts`] does (the GPU keeps the shared
+    /// expert as one more routed expert where their shapes agree).
+    fn moe(&mut self, layer: usize, moe: &MoeWeights) -> Result<MoeWeights<S>> {
+        moe_parts(self, layer, moe)
+    }
+}
+
+/// A layer's MoE block moved part by part, as stored.
+pub fn moe_parts<S: Storage, T: Transfer<S> + ?Sized>(to: &mut T, layer: usize, moe: &MoeWeights) -> Result<MoeWeights<S>> {
+    let p = format!("layers.{layer}.");
+    let shared = match &moe.shared {
+        Some(s) => Some(SharedExpertWeights {
+            mlp: ExpertWeights {
+                gate: to.matrix(&format!("{p}moe.shared.gate"), &s.mlp.gate)?,
+                up: to.matrix(&format!("{p}moe.shared.up"), &s.mlp.up)?,
+                down: to.matrix(&format!("{p}moe.shared.down"), &s.mlp.down)?,
+            },
+            gate: to.matrix(&format!("{p}moe.shared_gate"), &s.gate)?,
+        }),
+        None => None,
+    };
+    Ok(MoeWeights {
+        router: to.matrix(&format!("{p}moe.router"), &moe.router)?,
+        experts: to.experts(layer, &moe.experts)?,
+        shared,
+    })
 }
 
 impl Weights {
@@ -126,26 +153,11 @@ impl Weights {
                     out_proj: to.matrix(&format!("{p}linear.out_proj"), &x.out_proj)?,
                 }),
             };
-            let shared = match &l.moe.shared {
-                Some(s) => Some(SharedExpertWeights {
-                    mlp: ExpertWeights {
-                        gate: to.matrix(&format!("{p}moe.shared.gate"), &s.mlp.gate)?,
-                        up: to.matrix(&format!("{p}moe.shared.up"), &s.mlp.up)?,
-                        down: to.matrix(&format!("{p}moe.shared.down"), &s.mlp.down)?,
-                    },
-                    gate: to.matrix(&format!("{p}moe.shared_gate"), &s.gate)?,
-                }),
-                None => None,
-            };
             layers.push(LayerWeights {
                 input_norm: to.vector(&format!("{p}input_norm"), &l.input_norm)?,
                 post_attn_norm: to.vector(&format!("{p}post_attn_norm"), &l.post_attn_norm)?,
                 mixer,
-                moe: MoeWeights {
-                    router: to.matrix(&format!("{p}moe.router"), &l.moe.router)?,
-                    experts: to.experts(i, &l.moe.experts)?,
-                    shared,
-                },
+                moe: to.moe(i, &l.moe)?,
             });
         }
         Ok(Weights {

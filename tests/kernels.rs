@@ -15,7 +15,8 @@ use floe::cpu::Cpu;
 use floe::gpu::Gpu;
 use floe::quant::QuantFormat;
 use floe::tensor::{DType, Matrix, Tensor};
-use floe::weights::{ExpertWeights, LinearAttnWeights, Storage, Transfer};
+use floe::model::qwen35::sparse_moe;
+use floe::weights::{ExpertWeights, LinearAttnWeights, MoeWeights, SharedExpertWeights, Storage, Transfer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -295,8 +296,8 @@ fn moe_routing_experts_and_combine() {
         let (shared, gshared) = b.random(t * h, 1.0);
         let (gate, ggate) = b.random(t, 2.0);
         let (mut hidden, mut ghidden) = b.random(t * h, 1.0);
-        let routing = Cpu.route(&logits, experts, k, renormalize);
-        let groute = b.gpu.route(&glogits, experts, k, renormalize);
+        let routing = Cpu.route(&logits, &host, k, renormalize);
+        let groute = b.gpu.route(&glogits, &device, k, renormalize);
         let out = Cpu.experts(&x, &routing, &host).unwrap();
         let gout = b.gpu.experts(&gx, &groute, &device).unwrap();
         b.check(&format!("{what}: experts"), &out, &gout, SUMS);
@@ -306,6 +307,35 @@ fn moe_routing_experts_and_combine() {
         Cpu.moe_combine(&mut hidden, &out, &routing, None, h);
         b.gpu.moe_combine(&mut ghidden, &gout, &groute, None, h);
         b.check(&format!("{what}: combine without shared expert"), &hidden, &ghidden, SUMS);
+    }
+}
+
+/// The whole MoE block of the forward pass, shared expert included: the GPU keeps the shared expert as one more
+/// routed expert (its gate as one more router row) where its shape agrees with the routed ones, and apart where not.
+#[test]
+fn sparse_moe_block_with_a_shared_expert() {
+    let Some(mut b) = bench() else { return };
+    // (format, router format, experts, k, tokens, hidden, intermediate, shared intermediate)
+    let cases = [
+        ("q4g64bf16", "q8g64bf16", 16, 4, 3, 128, 64, 64),
+        ("bf16", "bf16", 8, 2, 5, 64, 48, 40),
+        ("q2g32bf16", "q8g32bf16", 9, 3, 1, 64, 64, 64),
+    ];
+    for (format, router_format, experts, k, t, h, inter, shared_inter) in cases {
+        let mut mlp = |i: usize| ExpertWeights { gate: b.matrix(i, h, format), up: b.matrix(i, h, format), down: b.matrix(h, i, format) };
+        let routed: Vec<ExpertWeights> = (0..experts).map(|_| mlp(inter)).collect();
+        let shared = SharedExpertWeights { mlp: mlp(shared_inter), gate: b.matrix(1, h, router_format) };
+        let host = MoeWeights { router: b.matrix(experts, h, router_format), experts: routed, shared: Some(shared) };
+        let device = Transfer::<Gpu>::moe(&mut &b.gpu, 0, &host).unwrap();
+        assert_eq!(device.shared.is_none(), inter == shared_inter, "the shared expert is fused exactly when shapes agree");
+        let mut c = floe::synthetic::default_config(512, vec![]);
+        (c.hidden_size, c.num_experts, c.experts_per_token, c.norm_topk_prob) = (h, experts, k, true);
+        let (x, gx) = b.random(t * h, 1.0);
+        let (mut hidden, mut ghidden) = b.random(t * h, 1.0);
+        sparse_moe(&Cpu, &c, &host, &x, &mut hidden).unwrap();
+        sparse_moe(&b.gpu, &c, &device, &gx, &mut ghidden).unwrap();
+        let what = format!("MoE block {format} E={experts} k={k} t={t} shared intermediate {shared_inter}");
+        b.check(&what, &hidden, &ghidden, SUMS);
     }
 }
 

@@ -1,12 +1,14 @@
-// MoE routing on the GPU, one workgroup per token: softmax over the experts' router logits [t, e], the k largest
-// (ties to the lower index), renormalized to sum 1 when `renorm`; written sorted by expert index as ids [t, k] and
-// weights [t, k]. e ≤ 1024, k ≤ 64.
+// MoE routing on the GPU, one workgroup per token: softmax over the experts' router logits, the k largest (ties
+// to the lower index), renormalized to sum 1 when `renorm`; written sorted by expert index as ids and weights,
+// k per token. With `with_shared`, each token's logits row has one more entry, the shared expert's gate, and the
+// token gets expert e (the shared expert's record) as a (k+1)-th choice weighted sigmoid(gate). e ≤ 1024, k < 64.
 
 struct Params {
     t: u32,
     e: u32,
     k: u32,
     renorm: u32,
+    with_shared: u32,
 }
 var<immediate> p: Params;
 
@@ -39,7 +41,8 @@ fn reduce_best(lid: u32) {
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let lid = lid3.x;
-    let base = wid.x * p.e;
+    let base = wid.x * (p.e + p.with_shared);
+    let out = wid.x * (p.k + p.with_shared);
     // Softmax: max, exp, sum.
     var m = -3.4e38;
     for (var c = lid; c < p.e; c += 64u) {
@@ -108,8 +111,12 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wi
             chosen_v[j] = cv;
         }
         for (var r = 0u; r < p.k; r++) {
-            ids[wid.x * p.k + r] = chosen_i[r];
-            weights[wid.x * p.k + r] = select(chosen_v[r], chosen_v[r] / total_k, p.renorm != 0u);
+            ids[out + r] = chosen_i[r];
+            weights[out + r] = select(chosen_v[r], chosen_v[r] / total_k, p.renorm != 0u);
+        }
+        if (p.with_shared != 0u) {
+            ids[out + p.k] = p.e;
+            weights[out + p.k] = 1.0 / (1.0 + exp(-logits[base + p.e]));
         }
     }
 }

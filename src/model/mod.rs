@@ -1,6 +1,6 @@
 //! A loaded model and its per-sequence state (KV caches, linear-attention conv and recurrent states).
 
-mod qwen35;
+pub mod qwen35;
 
 use std::path::Path;
 

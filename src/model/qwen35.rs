@@ -93,9 +93,9 @@ fn gated_deltanet<B: Backend>(
 
 /// Sparse MoE, added to `hidden`: the router picks k experts per token, each runs its SwiGLU MLP, their outputs
 /// are summed with the router's weights, plus the shared expert scaled by sigmoid(shared_expert_gate · x).
-fn sparse_moe<B: Backend>(b: &B, c: &ModelConfig, w: &MoeWeights<B>, x: &B::Act, hidden: &mut B::Act) -> Result<()> {
+pub fn sparse_moe<B: Backend>(b: &B, c: &ModelConfig, w: &MoeWeights<B>, x: &B::Act, hidden: &mut B::Act) -> Result<()> {
     let logits = b.matmul(x, &w.router);
-    let routing = b.route(&logits, c.num_experts, c.experts_per_token, c.norm_topk_prob);
+    let routing = b.route(&logits, &w.experts, c.experts_per_token, c.norm_topk_prob);
     let expert_out = b.experts(x, &routing, &w.experts)?;
     let shared = w.shared.as_ref().map(|s| (swiglu_mlp(b, &s.mlp, x), b.matmul(x, &s.gate)));
     b.moe_combine(hidden, &expert_out, &routing, shared.as_ref().map(|(o, g)| (o, g)), c.hidden_size);
