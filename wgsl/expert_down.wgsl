@@ -1,7 +1,7 @@
 {% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
-// each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 2 rows.
-// Grid: (ceil(rows / (GROUPS · 2)), t · k).
+// each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
+// share its x loads. Grid: (ceil(rows / 16), t · k).
 
 struct Params {
     rows: u32,
@@ -19,25 +19,26 @@ var<immediate> p: Params;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 {% include "weights.wgsl" %}
-{{ declarations(2) }}
+{{ declarations(4, 32, 4) }}
 
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
 
-@compute @workgroup_size(16, 8)
+@compute @workgroup_size(32, 4)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let pair = wid.y;
     let record = ids[pair] * p.stride;
     let down = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);
     let xo0 = pair * p.cols;
-    let row0 = (wid.x * GROUPS + lid.y) * 2u;
-{{ accumulators(2, 1) }}
+    let row0 = (wid.x * GROUPS + lid.y) * 4u;
+{{ accumulators(4, 1) }}
 {% call for_units(1) %}
-{{ accumulate(fmt, "down", "min(row0, p.rows - 1u)", 0, 1, "valid") }}
-{{ accumulate(fmt, "down", "min(row0 + 1u, p.rows - 1u)", 1, 1, "valid") }}
+{% for r in range(4) %}
+{{ accumulate(fmt, "down", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, 1, "valid") }}
+{% endfor %}
 {% endcall %}
-{{ reduce(2, 1) }}
-    if (lid.x < 2u && row0 + lid.x < p.rows) {
+{{ reduce(4, 1) }}
+    if (lid.x < 4u && row0 + lid.x < p.rows) {
         y[pair * p.rows + row0 + lid.x] = partial[(lid.y * SLOTS + lid.x) * LANES];
     }
 }

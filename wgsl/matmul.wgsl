@@ -1,5 +1,7 @@
 {% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units %}
-{% set rows = 2 if nt == 1 else 1 %}
+{# Decode: 4 rows per thread share each x load, 32 lanes per row group; prefill: 1 row for 8 tokens. Either way
+   a workgroup covers 16 (decode) or 8 rows. #}
+{% set rows, lanes, groups = (4, 32, 4) if nt == 1 else (1, 16, 8) %}
 // y[t, rows] = x[t, cols] · Wᵀ for a weight matrix W [rows, cols] of format {{ fmt.name }}: each thread sums
 // {{ rows }} row(s) for {{ nt }} token(s) per pass, so a batched prefill decodes each weight once per {{ nt }} tokens.
 // Grid: (ceil(rows / (GROUPS · {{ rows }})), ceil(t / {{ nt }})).
@@ -19,9 +21,9 @@ var<immediate> p: Params;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
 {% include "weights.wgsl" %}
-{{ declarations(rows * nt) }}
+{{ declarations(rows * nt, lanes, groups) }}
 
-@compute @workgroup_size(16, 8)
+@compute @workgroup_size({{ lanes }}, {{ groups }})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let m = Mat(p.w, p.s, p.b, p.cols);
     let row0 = (wid.x * GROUPS + lid.y) * {{ rows }}u;

@@ -6,12 +6,13 @@
    workgroup memory (no subgroup width assumed). Everything per unit is unrolled here, because naga emits loops
    the GPU compiler does not unroll, and an array indexed in a loop would live in slow local memory. #}
 
-{% macro declarations(slots) %}
-const LANES: u32 = 16u;
-const GROUPS: u32 = 8u;
+{# The workgroup is LANES × GROUPS threads (the kernel's @workgroup_size must say the same). #}
+{% macro declarations(slots, lanes=16, groups=8) %}
+const LANES: u32 = {{ lanes }}u;
+const GROUPS: u32 = {{ groups }}u;
 const SLOTS: u32 = {{ slots }}u;
 
-var<workgroup> partial: array<f32, {{ 16 * 8 * slots }}>;
+var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 {% endmacro %}
 
 {# Adds Σ_c w[row, c]·x[c] over unit `u` of matrix `mat` (a Mat) to acc{slot}_{n}, for each token n < nt whose

@@ -131,7 +131,7 @@ impl Backend for Gpu {
         let kernel = self.kernel(&format!("matmul_{}_nt{nt}", w.format));
         let [wo, so, bo] = w.offsets;
         let params = [w.rows as u32, w.cols as u32, t as u32, wo, so, bo];
-        // A workgroup covers 8 row groups of 2 rows (decode) or 1 row (8 tokens per pass): see wgsl/matmul.wgsl.
+        // A workgroup covers 16 rows (decode) or 8 (8 tokens per pass): see wgsl/matmul.wgsl.
         let rows_per_group = if nt == 1 { 16 } else { 8 };
         let grid = (w.rows.div_ceil(rows_per_group) as u32, t.div_ceil(nt) as u32, 1);
         self.dispatch(kernel, &[&w.buf, &x.buf, &out.buf], &params, grid);
