@@ -88,3 +88,26 @@ fn a_perturbed_weight_fails_the_check() {
     println!("perturbed o_proj[0,0] by 0.05: relative error {err:.2e}");
     assert!(err > 1e-4, "a perturbed weight went unnoticed (error {err:.2e})");
 }
+
+/// The GPU's bind-group cache holds one entry per distinct set of buffers: decoding more tokens, or starting a new
+/// sequence after dropping the old one, must not grow it (per-call inputs and dropped states leave it, and the
+/// buffer pool hands out the same buffers in the same order each call).
+#[test]
+fn gpu_caches_do_not_grow_with_tokens_or_sequences() {
+    let Some(gpu) = gpu() else { return };
+    let model = Model::load(&fixture("qwen35_moe_mlx_4bit")).unwrap().to_backend(gpu).unwrap();
+    let decode = |steps: usize| {
+        let mut state = model.new_state().unwrap();
+        let mut next = model.forward_greedy(&[1, 2, 3], &mut state).unwrap();
+        for _ in 0..steps {
+            next = model.forward_greedy(&[next], &mut state).unwrap();
+        }
+        model.backend.cached_bind_groups()
+    };
+    // The first sequences fill the buffer pool; after them, a sequence 50 times longer, or yet another one, may
+    // only differ by a few entries (the pool's order varies), where a leak would add ~20 entries per token.
+    let warm = [decode(4), decode(4), decode(4)][2];
+    let later = [decode(200), decode(4)];
+    println!("bind groups cached: {warm} after three sequences, then {later:?}");
+    assert!(later.iter().all(|&n| n <= warm + warm / 10), "the cache grew: {warm} then {later:?}");
+}

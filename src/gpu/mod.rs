@@ -37,7 +37,7 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     pipelines: RefCell<HashMap<&'static str, Rc<Pipeline>>>,
-    bind_groups: RefCell<HashMap<(&'static str, Vec<u64>), wgpu::BindGroup>>,
+    bind_groups: Rc<RefCell<BindGroups>>,
     pool: Rc<RefCell<Pool>>,
     recorder: RefCell<Recorder>,
     next_id: Cell<u64>,
@@ -77,17 +77,28 @@ struct Pool {
     free: HashMap<u64, Vec<(u64, wgpu::Buffer)>>,
 }
 
-/// A GPU buffer with an identity (for the bind-group cache); pooled ones go back to the pool when dropped.
+/// Bind groups by kernel and the ids of the buffers they bind.
+type BindGroups = HashMap<(&'static str, Vec<u64>), wgpu::BindGroup>;
+
+/// A GPU buffer with an identity (for the bind-group cache). Dropped, a pooled one goes back to the pool (its
+/// bind groups stay valid for its next use); any other takes its bind groups out of the cache, so per-call inputs
+/// and the states of finished sequences are freed.
 pub struct Buf {
     id: u64,
     buffer: wgpu::Buffer,
     pool: Option<Rc<RefCell<Pool>>>,
+    bind_groups: Rc<RefCell<BindGroups>>,
 }
 
 impl Drop for Buf {
     fn drop(&mut self) {
-        if let Some(pool) = &self.pool {
-            pool.borrow_mut().free.entry(self.buffer.size()).or_default().push((self.id, self.buffer.clone()));
+        match &self.pool {
+            Some(pool) => pool.borrow_mut().free.entry(self.buffer.size()).or_default().push((self.id, self.buffer.clone())),
+            None => {
+                if let Ok(mut groups) = self.bind_groups.try_borrow_mut() {
+                    groups.retain(|(_, ids), _| !ids.contains(&self.id));
+                }
+            }
         }
     }
 }
@@ -132,7 +143,7 @@ impl Gpu {
             info,
             limits,
             pipelines: RefCell::default(),
-            bind_groups: RefCell::default(),
+            bind_groups: Rc::default(),
             pool: Rc::default(),
             recorder: RefCell::default(),
             next_id: Cell::new(1),
@@ -189,6 +200,11 @@ impl Gpu {
         format!("{} ({:?}, {:?}, driver {} {})", i.name, i.device_type, i.backend, i.driver, i.driver_info)
     }
 
+    /// Bind groups held in the cache (it must not grow with the tokens generated).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.bind_groups.borrow().len()
+    }
+
     /// The largest buffer one binding may cover on this GPU.
     pub fn max_binding(&self) -> u64 {
         self.limits.max_storage_buffer_binding_size
@@ -224,14 +240,19 @@ impl Gpu {
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             })
         };
-        Ok(Buf { id: self.new_id(), buffer, pool: None })
+        Ok(self.wrap(buffer))
+    }
+
+    /// A buffer that is not pooled, with a new identity.
+    fn wrap(&self, buffer: wgpu::Buffer) -> Buf {
+        Buf { id: self.new_id(), buffer, pool: None, bind_groups: self.bind_groups.clone() }
     }
 
     /// A pooled scratch buffer of at least `len` f32 (or u32) values; its contents are undefined.
     fn scratch(&self, len: usize) -> Buf {
         let size = ((len.max(1) * 4) as u64).next_power_of_two().max(256);
         if let Some((id, buffer)) = self.pool.borrow_mut().free.get_mut(&size).and_then(|v| v.pop()) {
-            return Buf { id, buffer, pool: Some(self.pool.clone()) };
+            return Buf { id, buffer, pool: Some(self.pool.clone()), bind_groups: self.bind_groups.clone() };
         }
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
@@ -239,7 +260,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Buf { id: self.new_id(), buffer, pool: Some(self.pool.clone()) }
+        Buf { id: self.new_id(), buffer, pool: Some(self.pool.clone()), bind_groups: self.bind_groups.clone() }
     }
 
     /// A buffer of `len` zeros that is not pooled (recurrent states, caches).
@@ -255,7 +276,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Buf { id: self.new_id(), buffer, pool: None })
+        Ok(self.wrap(buffer))
     }
 
     fn pipeline(&self, name: &'static str) -> Rc<Pipeline> {
@@ -370,6 +391,11 @@ impl Gpu {
             None => None,
         };
         self.queue.submit([encoder.finish()]);
+        // The next call starts from the same free lists whatever order this one freed its buffers in, so it hands
+        // out the same buffers in the same order and finds its bind groups cached.
+        for free in self.pool.borrow_mut().free.values_mut() {
+            free.sort_by_key(|&(id, _)| std::cmp::Reverse(id));
+        }
         staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
         if let Some(out) = &timestamps {
             out.slice(..).map_async(wgpu::MapMode::Read, |_| {});

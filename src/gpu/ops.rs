@@ -441,7 +441,7 @@ impl Gpu {
         buffer.unmap();
         let (intermediate, hidden) = (experts[0].gate.shape()[0], experts[0].gate.shape()[1]);
         Ok(GpuExperts {
-            buf: Rc::new(Buf { id: self.new_id(), buffer, pool: None }),
+            buf: Rc::new(self.wrap(buffer)),
             routed: experts.len() - shared as usize,
             shared,
             stride: stride as u32,
