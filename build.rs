@@ -33,11 +33,15 @@ fn variants() -> Vec<(String, &'static str, Value)> {
     let mut v = Vec::new();
     for fmt in formats() {
         let f = fmt.get_attr("name").unwrap().to_string();
-        for nt in [1, 8] {
-            v.push((format!("matmul_{f}_nt{nt}"), "matmul.wgsl", context! { fmt => fmt.clone(), nt }));
+        // Each matrix kernel also as `…_sg`: its lanes reduced with subgroup shuffles (for adapters that have them).
+        for subgroups in [false, true] {
+            let sg = if subgroups { "_sg" } else { "" };
+            for nt in [1, 8] {
+                v.push((format!("matmul_{f}_nt{nt}{sg}"), "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups }));
+            }
+            v.push((format!("expert_gate_up_{f}{sg}"), "expert_gate_up.wgsl", context! { fmt => fmt.clone(), subgroups }));
+            v.push((format!("expert_down_{f}{sg}"), "expert_down.wgsl", context! { fmt => fmt.clone(), subgroups }));
         }
-        v.push((format!("expert_gate_up_{f}"), "expert_gate_up.wgsl", context! { fmt => fmt.clone() }));
-        v.push((format!("expert_down_{f}"), "expert_down.wgsl", context! { fmt => fmt.clone() }));
         v.push((format!("embed_{f}"), "embed.wgsl", context! { fmt }));
     }
     for (name, gated, residual) in [("rms_norm", false, false), ("rms_norm_gated", true, false), ("add_rms_norm", false, true)] {

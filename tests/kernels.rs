@@ -123,14 +123,18 @@ fn matmul_every_format_and_odd_shapes() {
     let dense_shapes = [(1, 1, 1), (5, 45, 1), (37, 100, 3), (64, 256, 9), (130, 33, 17)];
     let quant_shapes = [(3, 128, 1), (37, 384, 1), (66, 256, 9), (9, 640, 17)];
     let formats: Vec<String> = DENSE.iter().map(|s| s.to_string()).chain(quantized()).collect();
-    for format in &formats {
-        let shapes: &[(usize, usize, usize)] = if format.starts_with('q') { &quant_shapes } else { &dense_shapes };
-        for &(rows, cols, t) in shapes {
-            let m = b.matrix(rows, cols, format);
-            let (x, gx) = b.random(t * cols, 1.0);
-            let cpu = Cpu.matmul(&x, &m);
-            let gpu = b.gpu.matmul(&gx, &b.upload(&m));
-            b.check(&format!("matmul {format} [{rows}x{cols}] x {t} tokens"), &cpu, &gpu, SUMS);
+    // Both reductions: with subgroup operations (where the adapter has them) and the workgroup-memory fallback.
+    for subgroups in [true, false] {
+        let used = b.gpu.set_subgroups(subgroups);
+        for format in &formats {
+            let shapes: &[(usize, usize, usize)] = if format.starts_with('q') { &quant_shapes } else { &dense_shapes };
+            for &(rows, cols, t) in shapes {
+                let m = b.matrix(rows, cols, format);
+                let (x, gx) = b.random(t * cols, 1.0);
+                let cpu = Cpu.matmul(&x, &m);
+                let gpu = b.gpu.matmul(&gx, &b.upload(&m));
+                b.check(&format!("matmul {format} [{rows}x{cols}] x {t} tokens, subgroups {used}"), &cpu, &gpu, SUMS);
+            }
         }
     }
 }
@@ -281,7 +285,8 @@ fn moe_routing_experts_and_combine() {
         ("q8g128f32", 40, 4, 1, 256, 128, true),
         ("q6g64bf16", 10, 2, 4, 128, 64, true),
     ];
-    for (format, experts, k, t, h, inter, renormalize) in cases {
+    for ((format, experts, k, t, h, inter, renormalize), subgroups) in cases.into_iter().zip([true, false].into_iter().cycle()) {
+        b.gpu.set_subgroups(subgroups);
         let host: Vec<ExpertWeights> = (0..experts)
             .map(|_| ExpertWeights {
                 gate: b.matrix(inter, h, format),

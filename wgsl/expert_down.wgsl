@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
 // each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
 // share its x loads. Grid: (ceil(rows / 16), t · k).
@@ -25,7 +25,7 @@ const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
 
 @compute @workgroup_size(32, 4)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
     let pair = wid.y;
     let record = ids[pair] * p.stride;
     let down = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);

@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param %}
 // The first half of every routed expert of a layer in one dispatch: for each (token, slot k) pair, the expert id
 // comes from `ids` (written by the router on the GPU: no CPU round trip) and
 //   act[pair, r] = silu(gate_e[r] · x[token]) · (up_e[r] · x[token]).
@@ -31,7 +31,7 @@ const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
 
 @compute @workgroup_size(16, 8)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
     let pair = wid.y;
     let record = ids[pair] * p.stride;
     let gate = Mat((record + p.gate_w) / WB, (record + p.gate_s) / SB, (record + p.gate_b) / SB, p.cols);

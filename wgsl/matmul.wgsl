@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param %}
 {# Decode: 4 rows per thread share each x load, 32 lanes per row group; prefill: 1 row for 8 tokens. Either way
    a workgroup covers 16 (decode) or 8 rows. #}
 {% set rows, lanes, groups = (4, 32, 4) if nt == 1 else (1, 16, 8) %}
@@ -24,7 +24,7 @@ var<immediate> p: Params;
 {{ declarations(rows * nt, lanes, groups) }}
 
 @compute @workgroup_size({{ lanes }}, {{ groups }})
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
     let m = Mat(p.w, p.s, p.b, p.cols);
     let row0 = (wid.x * GROUPS + lid.y) * {{ rows }}u;
     let tok0 = wid.y * {{ nt }}u;

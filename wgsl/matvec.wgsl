@@ -97,8 +97,37 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 {% endmacro %}
 
 {# Sums every accumulator across the lanes: slot s, token n of this thread's row group ends in
-   partial[(lid.y · SLOTS + s · nt + n) · LANES]. Reached by every thread of the workgroup. #}
+   partial[(lid.y · SLOTS + s · nt + n) · LANES]. Reached by every thread of the workgroup. With subgroups: shuffles
+   within each subgroup (a row group's lanes are consecutive invocations, so lanes lid.x ^ offset stay in it), then,
+   where the subgroup is narrower than the row group (lavapipe's 8), the subgroups' sums in workgroup memory. No
+   width is assumed: it is the `sg_size` builtin. Without: a tree in workgroup memory. #}
 {% macro reduce(slots, nt) %}
+{% if subgroups %}
+    let width = min(sg_size, LANES);
+{% for s in range(slots) %}
+{% for n in range(nt) %}
+    var r{{ s }}_{{ n }} = acc{{ s }}_{{ n }};
+    for (var offset = width / 2u; offset > 0u; offset >>= 1u) {
+        r{{ s }}_{{ n }} += subgroupShuffleXor(r{{ s }}_{{ n }}, offset);
+    }
+    if (lid.x % width == 0u) {
+        partial[(lid.y * SLOTS + {{ s * nt + n }}u) * LANES + lid.x / width] = r{{ s }}_{{ n }};
+    }
+{% endfor %}
+{% endfor %}
+    workgroupBarrier();
+    if (width < LANES && lid.x == 0u) {
+        for (var k = 0u; k < SLOTS; k++) {
+            let i = (lid.y * SLOTS + k) * LANES;
+            var sum = partial[i];
+            for (var j = 1u; j < LANES / width; j++) {
+                sum += partial[i + j];
+            }
+            partial[i] = sum;
+        }
+    }
+    workgroupBarrier();
+{% else %}
 {% for s in range(slots) %}
 {% for n in range(nt) %}
     partial[(lid.y * SLOTS + {{ s * nt + n }}u) * LANES + lid.x] = acc{{ s }}_{{ n }};
@@ -114,4 +143,8 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
         }
         workgroupBarrier();
     }
+{% endif %}
 {% endmacro %}
+
+{# The entry point's extra parameter when subgroups are used. #}
+{% macro subgroup_param() %}{% if subgroups %}, @builtin(subgroup_size) sg_size: u32{% endif %}{% endmacro %}

@@ -45,6 +45,8 @@ pub struct Gpu {
     pub dispatches: Cell<u64>,
     pub syncs: Cell<u64>,
     profiler: RefCell<Option<Profiler>>,
+    /// Whether the matrix kernels reduce with subgroup operations (`…_sg` variants): where the adapter has them.
+    subgroups: Cell<bool>,
 }
 
 /// GPU time per kernel, from timestamps written around every dispatch (`Gpu::start_profiling`).
@@ -127,9 +129,10 @@ impl Gpu {
         if limits.max_immediate_size < IMMEDIATE_BYTES {
             bail!("GPU {} offers {} bytes of immediate data; floe needs {IMMEDIATE_BYTES}", info.name, limits.max_immediate_size);
         }
-        // Timestamps inside passes, where the adapter has them, for `floe bench --profile`.
+        // Where the adapter has them: subgroup operations (faster reductions) and timestamps inside passes (for
+        // `floe bench --profile`).
         let timestamps = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
-        let optional = adapter.features() & timestamps;
+        let optional = adapter.features() & (timestamps | wgpu::Features::SUBGROUP);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("floe"),
             required_features: wgpu::Features::IMMEDIATES | optional,
@@ -150,7 +153,15 @@ impl Gpu {
             dispatches: Cell::new(0),
             syncs: Cell::new(0),
             profiler: RefCell::new(None),
+            subgroups: Cell::new(optional.contains(wgpu::Features::SUBGROUP)),
         }))
+    }
+
+    /// Uses subgroup operations in the matrix kernels or not (the fallback); returns whether they are used now
+    /// (never where the adapter lacks them).
+    pub fn set_subgroups(&self, on: bool) -> bool {
+        self.subgroups.set(on && self.device.features().contains(wgpu::Features::SUBGROUP));
+        self.subgroups.get()
     }
 
     /// Times every dispatch from now on (GPU timestamps around each), if the adapter can; says whether it can.
@@ -197,7 +208,8 @@ impl Gpu {
     /// One line naming the adapter: name, API, driver.
     pub fn describe(&self) -> String {
         let i = &self.info;
-        format!("{} ({:?}, {:?}, driver {} {})", i.name, i.device_type, i.backend, i.driver, i.driver_info)
+        let subgroups = if self.subgroups.get() { "subgroups" } else { "no subgroups" };
+        format!("{} ({:?}, {:?}, driver {} {}, {subgroups})", i.name, i.device_type, i.backend, i.driver, i.driver_info)
     }
 
     /// Bind groups held in the cache (it must not grow with the tokens generated).

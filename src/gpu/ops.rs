@@ -82,6 +82,14 @@ impl Gpu {
         kernels::find(name).unwrap_or_else(|| panic!("no kernel named {name}")).name
     }
 
+    /// A matrix kernel: its subgroup variant where subgroups are on.
+    fn matrix_kernel(&self, name: &str) -> &'static str {
+        match self.subgroups.get() {
+            true => self.kernel(&format!("{name}_sg")),
+            false => self.kernel(name),
+        }
+    }
+
     /// A new activation of `len` values, contents undefined.
     fn empty(&self, len: usize) -> Act {
         Act { buf: self.scratch(len), len }
@@ -128,7 +136,7 @@ impl Backend for Gpu {
         let t = x.len / w.cols;
         let out = self.empty(t * w.rows);
         let nt = if t == 1 { 1 } else { 8 };
-        let kernel = self.kernel(&format!("matmul_{}_nt{nt}", w.format));
+        let kernel = self.matrix_kernel(&format!("matmul_{}_nt{nt}", w.format));
         let [wo, so, bo] = w.offsets;
         let params = [w.rows as u32, w.cols as u32, t as u32, wo, so, bo];
         // A workgroup covers 16 rows (decode) or 8 (8 tokens per pass): see wgsl/matmul.wgsl.
@@ -272,11 +280,11 @@ impl Backend for Gpu {
         let [gw, gs, gb] = e.gate;
         let [uw, us, ub] = e.up;
         let params = [i as u32, h as u32, r.k as u32, e.stride, gw, gs, gb, uw, us, ub];
-        let kernel = self.kernel(&format!("expert_gate_up_{}", e.gate_up_format));
+        let kernel = self.matrix_kernel(&format!("expert_gate_up_{}", e.gate_up_format));
         self.dispatch(kernel, &[&e.buf, &x.buf, &r.ids, &act.buf], &params, (i.div_ceil(16) as u32, pairs as u32, 1));
         let out = self.empty(pairs * h);
         let [dw, ds, db] = e.down;
-        let kernel = self.kernel(&format!("expert_down_{}", e.down_format));
+        let kernel = self.matrix_kernel(&format!("expert_down_{}", e.down_format));
         let params = [h as u32, i as u32, e.stride, dw, ds, db];
         self.dispatch(kernel, &[&e.buf, &act.buf, &r.ids, &out.buf], &params, (h.div_ceil(16) as u32, pairs as u32, 1));
         Ok(out)
