@@ -71,7 +71,13 @@ struct Pipeline {
 struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
     pass: Option<wgpu::ComputePass<'static>>,
+    /// Dispatches recorded since the last submission.
+    recorded: u32,
 }
+
+/// Dispatches recorded before they are submitted (without waiting), so the GPU starts on the first layers while
+/// the CPU records the rest of a forward pass.
+const SUBMIT_EVERY: u32 = 64;
 
 /// Free activation buffers by size class.
 #[derive(Default)]
@@ -79,8 +85,8 @@ struct Pool {
     free: HashMap<u64, Vec<(u64, wgpu::Buffer)>>,
 }
 
-/// Bind groups by kernel and the ids of the buffers they bind.
-type BindGroups = HashMap<(&'static str, Vec<u64>), wgpu::BindGroup>;
+/// Bind groups by kernel and the ids of the buffers they bind (at most 8; 0 after the last).
+type BindGroups = HashMap<(&'static str, [u64; 8]), wgpu::BindGroup>;
 
 /// A GPU buffer with an identity (for the bind-group cache). Dropped, a pooled one goes back to the pool (its
 /// bind groups stay valid for its next use); any other takes its bind groups out of the cache, so per-call inputs
@@ -341,7 +347,10 @@ impl Gpu {
             return;
         }
         let p = self.pipeline(name);
-        let key = (name, buffers.iter().map(|b| b.id).collect::<Vec<_>>());
+        let mut ids = [0u64; 8];
+        assert!(buffers.len() <= ids.len(), "{name}: more than 8 bindings");
+        ids.iter_mut().zip(buffers).for_each(|(id, b)| *id = b.id);
+        let key = (name, ids);
         let mut groups = self.bind_groups.borrow_mut();
         let group = groups.entry(key).or_insert_with(|| {
             let entries: Vec<wgpu::BindGroupEntry> = buffers
@@ -371,6 +380,14 @@ impl Gpu {
             None => pass.dispatch_workgroups(grid.0, grid.1, grid.2),
         }
         self.dispatches.set(self.dispatches.get() + 1);
+        rec.recorded += 1;
+        if rec.recorded >= SUBMIT_EVERY {
+            drop(rec.pass.take());
+            if let Some(encoder) = rec.encoder.take() {
+                self.queue.submit([encoder.finish()]);
+            }
+            rec.recorded = 0;
+        }
     }
 
     /// Submits what was recorded and copies the first `len` values of `buf` back (the one CPU↔GPU wait).
@@ -384,6 +401,7 @@ impl Gpu {
         });
         let mut rec = self.recorder.borrow_mut();
         drop(rec.pass.take());
+        rec.recorded = 0;
         let mut encoder = rec.encoder.take().unwrap_or_else(|| self.device.create_command_encoder(&Default::default()));
         encoder.copy_buffer_to_buffer(&buf.buffer, 0, &staging, 0, bytes);
         let mut profiler = self.profiler.borrow_mut();
