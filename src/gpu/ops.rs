@@ -6,7 +6,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use super::{grid_1d, kernels, Buf, Gpu};
 use crate::backend::{Backend, Counters};
-use crate::config::LinearAttnConfig;
+use crate::config::{LinearAttnConfig, ModelConfig};
 use crate::convert::expert_record;
 use crate::format::{dtype_name, TensorEntry};
 use crate::model::WeightsFrom;
@@ -195,7 +195,6 @@ impl Backend for Gpu {
         (nh, nkv): (usize, usize),
         hd: usize,
     ) -> Result<Act> {
-        ensure!(hd <= 256, "the GPU attention kernel takes head_dim ≤ 256 (this model has {hd})");
         let t = q.len / (nh * hd);
         let needed = pos0 + t;
         if needed > cache.capacity {
@@ -243,7 +242,6 @@ impl Backend for Gpu {
         let params = [t as u32, channels as u32, l.conv_kernel as u32];
         self.dispatch("conv1d", &[&x.buf, &w.conv1d, &state.conv, &conv.buf], &params, grid_1d(channels));
         let (hk, hv, dk, dv) = (l.num_key_heads, l.num_value_heads, l.key_head_dim, l.value_head_dim);
-        assert!(dk % 8 == 0 && dk <= 256 && dv <= 256 * 64, "the GPU delta rule takes key_head_dim ≤ 256, a multiple of 8");
         let out = self.empty(t * hv * dv);
         let params = [t as u32, hk as u32, hv as u32, dk as u32, dv as u32, channels as u32];
         let buffers = [&conv.buf, &b.buf, &a.buf, &*w.a_log, &*w.dt_bias, &state.recurrent, &out.buf];
@@ -263,7 +261,6 @@ impl Backend for Gpu {
 
     fn route(&self, logits: &Act, experts: &GpuExperts, k: usize, renormalize: bool) -> Routing {
         let (e, shared) = (experts.routed, experts.shared as usize);
-        assert!(e <= 1024 && k < 64, "the GPU router takes ≤ 1024 experts and k < 64");
         let tokens = logits.len / (e + shared);
         let per_token = k + shared;
         let (ids, weights) = (self.scratch(tokens * per_token), self.scratch(tokens * per_token));
@@ -337,6 +334,17 @@ fn rows_grid(rows: usize) -> (u32, u32, u32) {
 // ---- Upload ---------------------------------------------------------------------------------------------------
 
 impl WeightsFrom for Gpu {
+    /// The limits the kernels are written for (workgroup arrays sized for them).
+    fn supports(&self, c: &ModelConfig) -> Result<()> {
+        ensure!(c.num_experts <= 1024 && c.experts_per_token < 64, "the GPU router takes ≤ 1024 experts and < 64 per token");
+        ensure!(c.head_dim <= 256, "the GPU attention takes head_dim ≤ 256 (this model: {})", c.head_dim);
+        if let Some(l) = &c.linear {
+            let (dk, dv) = (l.key_head_dim, l.value_head_dim);
+            ensure!(dk % 8 == 0 && dk <= 256 && dv <= 256, "the GPU delta rule takes head dims ≤ 256 (key: a multiple of 8)");
+        }
+        Ok(())
+    }
+
     fn weights_from(&self, host: &Weights) -> Result<Weights<Gpu>> {
         host.transfer(&mut &*self)
     }

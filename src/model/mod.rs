@@ -64,6 +64,7 @@ impl Model {
     where
         B: WeightsFrom,
     {
+        backend.supports(&self.config)?;
         let weights = backend.weights_from(&self.weights)?;
         Ok(Model { config: self.config.clone(), weights, backend })
     }
@@ -71,6 +72,10 @@ impl Model {
 
 /// A backend that can take host weights (uploading them, for a GPU).
 pub trait WeightsFrom: Backend {
+    /// Whether this backend can run a model of this configuration (a clear error if not, before any upload).
+    fn supports(&self, _config: &ModelConfig) -> Result<()> {
+        Ok(())
+    }
     fn weights_from(&self, host: &Weights) -> Result<Weights<Self>>;
 }
 
