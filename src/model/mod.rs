@@ -60,10 +60,7 @@ impl Model {
     }
 
     /// This model on another backend, its weights moved there.
-    pub fn to_backend<B: Backend>(&self, backend: B) -> Result<Model<B>>
-    where
-        B: WeightsFrom,
-    {
+    pub fn to_backend<B: WeightsFrom>(&self, backend: B) -> Result<Model<B>> {
         backend.supports(&self.config)?;
         let weights = backend.weights_from(&self.weights)?;
         Ok(Model { config: self.config.clone(), weights, backend })
