@@ -47,6 +47,8 @@ pub struct Gpu {
     profiler: RefCell<Option<Profiler>>,
     /// Whether the matrix kernels reduce with subgroup operations (`…_sg` variants): where the adapter has them.
     subgroups: Cell<bool>,
+    /// The mappable buffer results are read back through.
+    staging: RefCell<Option<wgpu::Buffer>>,
 }
 
 /// GPU time per kernel, from timestamps written around every dispatch (`Gpu::start_profiling`).
@@ -160,6 +162,7 @@ impl Gpu {
             syncs: Cell::new(0),
             profiler: RefCell::new(None),
             subgroups: Cell::new(optional.contains(wgpu::Features::SUBGROUP)),
+            staging: RefCell::new(None),
         }))
     }
 
@@ -393,12 +396,17 @@ impl Gpu {
     /// Submits what was recorded and copies the first `len` values of `buf` back (the one CPU↔GPU wait).
     fn read_back(&self, buf: &Buf, len: usize) -> Result<Vec<u8>> {
         let bytes = (len * 4) as u64;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        // One staging buffer, kept and grown as needed: a decode step reads back 4 bytes and allocates nothing.
+        let mut kept = self.staging.borrow_mut();
+        if kept.as_ref().is_none_or(|b| b.size() < bytes.max(4)) {
+            *kept = Some(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: bytes.max(4).next_power_of_two(),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let staging = kept.as_ref().unwrap();
         let mut rec = self.recorder.borrow_mut();
         drop(rec.pass.take());
         rec.recorded = 0;
@@ -442,8 +450,9 @@ impl Gpu {
                 total.1 += 1;
             }
         }
-        let view = staging.slice(..bytes).get_mapped_range().map_err(|e| anyhow!("reading GPU results: {e}"))?;
-        Ok(view.to_vec())
+        let data = staging.slice(..bytes).get_mapped_range().map_err(|e| anyhow!("reading GPU results: {e}"))?.to_vec();
+        staging.unmap();
+        Ok(data)
     }
 }
 
