@@ -1,4 +1,4 @@
-//! Text generation: tokenize, prefill, decode greedily, stream the text as it comes.
+//! Text generation: tokenize, prefill, decode (greedy or sampled), stream the text as it comes.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -7,7 +7,8 @@ use anyhow::{anyhow, Context, Result};
 use tokenizers::Tokenizer;
 
 use crate::backend::Backend;
-use crate::model::Model;
+use crate::model::{Logits, Model, State};
+use crate::sample::{Sampler, Sampling};
 
 /// The built-in default model's tokenizer: a 512-token byte-level BPE made by tools/make_fixtures.py.
 const DEFAULT_TOKENIZER: &str = include_str!("../assets/default-model/tokenizer.json");
@@ -31,13 +32,15 @@ pub struct Stats {
     pub decode_time: Duration,
 }
 
-/// Generates up to `max_tokens` tokens after `prompt` (greedy), calling `emit` with each new piece of text. Text
-/// is emitted only up to the last complete UTF-8 character, so a character split across tokens is never broken.
+/// Generates up to `max_tokens` tokens after `prompt`, chosen as `sampling` says, calling `emit` with each new
+/// piece of text. Text is emitted only up to the last complete UTF-8 character, so a character split across tokens
+/// is never broken.
 pub fn generate<B: Backend>(
     model: &Model<B>,
     tokenizer: &Tokenizer,
     prompt: &str,
     max_tokens: usize,
+    sampling: &Sampling,
     mut emit: impl FnMut(&str),
 ) -> Result<Stats> {
     let encoding = tokenizer.encode(prompt, false).map_err(|e| anyhow!("cannot tokenize the prompt: {e}"))?;
@@ -45,9 +48,18 @@ pub fn generate<B: Backend>(
     if prompt_ids.is_empty() {
         anyhow::bail!("the prompt is empty");
     }
+    let mut sampler = Sampler::new(sampling.clone(), &prompt_ids);
+    // Greedy decoding lets the backend pick the token (one id read back); sampling needs the logits.
+    let step = |tokens: &[u32], state: &mut State<B>, sampler: &mut Sampler| -> Result<u32> {
+        if sampler.is_greedy() {
+            return model.forward_greedy(tokens, state);
+        }
+        let mut logits = model.forward(tokens, state, Logits::Last)?;
+        Ok(sampler.sample(&mut logits))
+    };
     let start = Instant::now();
     let mut state = model.new_state()?;
-    let mut next = model.forward_greedy(&prompt_ids, &mut state).context("prefill")?;
+    let mut next = step(&prompt_ids, &mut state, &mut sampler).context("prefill")?;
     let time_to_first_token = start.elapsed();
     let mut generated: Vec<u32> = Vec::new();
     let mut printed = 0;
@@ -57,13 +69,14 @@ pub fn generate<B: Backend>(
             break;
         }
         generated.push(next);
+        sampler.observe(next);
         let text = tokenizer.decode(&generated, true).map_err(|e| anyhow!("cannot decode tokens: {e}"))?;
         if text.len() > printed && !text.ends_with('\u{FFFD}') {
             emit(&text[printed..]);
             printed = text.len();
         }
         if generated.len() < max_tokens {
-            next = model.forward_greedy(&[next], &mut state).context("decode")?;
+            next = step(&[next], &mut state, &mut sampler).context("decode")?;
         }
     }
     Ok(Stats {

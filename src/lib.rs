@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod model;
 pub mod npy;
 pub mod quant;
+pub mod sample;
 pub mod synthetic;
 pub mod tensor;
 pub mod weights;

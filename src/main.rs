@@ -15,6 +15,7 @@ use floe::backend::Backend;
 use floe::gpu::{AdapterChoice, Gpu};
 use floe::model::{Logits, Model};
 use floe::quant::QuantFormat;
+use floe::sample::Sampling;
 use floe::tensor::Matrix;
 
 #[derive(Parser)]
@@ -145,6 +146,64 @@ struct RunArgs {
     /// After generating, print per-token work: GPU dispatches and CPU↔GPU round trips.
     #[arg(long)]
     timing: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+/// How the next token is chosen (floe::sample): greedy unless --temperature is above 0.
+#[derive(Args)]
+struct SamplingArgs {
+    /// 0 = greedy (the most likely token).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample among the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample among the most likely tokens that add up to this probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one.
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Divide (multiply, when negative) the logits of tokens already seen (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Subtract from the logits of tokens already generated.
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Subtract, per time generated, from the logits of tokens already generated.
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Seed of the draws (the same seed and input give the same text).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn to_sampling(&self) -> Result<Sampling> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            bail!("--temperature must be 0 or more");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            bail!("--min-p must be in [0, 1]");
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            bail!("--repetition-penalty must be above 0");
+        }
+        Ok(Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -222,6 +281,7 @@ fn on_backend(model: Model, choice: BackendChoice, job: impl Job) -> Result<()> 
 }
 
 fn run(args: RunArgs) -> Result<()> {
+    let sampling = args.sampling.to_sampling()?;
     let (model, tokenizer) = match &args.model {
         Some(dir) => (Model::load(dir)?, generate::load_tokenizer(dir)?),
         None => {
@@ -230,12 +290,13 @@ fn run(args: RunArgs) -> Result<()> {
         }
     };
     let choice = args.backend;
-    on_backend(model, choice, Generate { args, tokenizer })
+    on_backend(model, choice, Generate { args, tokenizer, sampling })
 }
 
 struct Generate {
     args: RunArgs,
     tokenizer: tokenizers::Tokenizer,
+    sampling: Sampling,
 }
 
 impl Job for Generate {
@@ -243,7 +304,7 @@ impl Job for Generate {
         let args = self.args;
         let mut stdout = std::io::stdout();
         let before = model.backend.counters();
-        let stats = generate::generate(model, &self.tokenizer, &args.prompt, args.tokens, |text| {
+        let stats = generate::generate(model, &self.tokenizer, &args.prompt, args.tokens, &self.sampling, |text| {
             let _ = stdout.write_all(text.as_bytes());
             let _ = stdout.flush();
         })?;

@@ -55,6 +55,20 @@ fn default_model_generates_text() {
     assert!(!out.stdout.is_empty());
 }
 
+/// Sampled generation: the same seed gives the same text, another seed other text (on the CPU, where the
+/// logits are the reference's).
+#[test]
+fn sampling_is_repeatable_with_a_seed() {
+    let run = |seed: &str| {
+        let out = floe(&["--prompt", "Hello", "--tokens", "24", "--temperature", "1.2", "--top-p", "0.95", "--seed", seed, "--backend", "cpu"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    assert_eq!(run("5"), run("5"));
+    assert_ne!(run("5"), run("6"));
+    assert_clean_error(&floe(&["--prompt", "Hi", "--top-p", "0"]), "--top-p must be in (0, 1]");
+}
+
 #[test]
 fn wrong_path_is_one_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
