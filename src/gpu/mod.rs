@@ -41,9 +41,9 @@ pub struct Gpu {
     pool: Rc<RefCell<Pool>>,
     recorder: RefCell<Recorder>,
     next_id: Cell<u64>,
-    /// Dispatches recorded and CPU↔GPU waits, since the start (for `--timing`).
-    pub dispatches: Cell<u64>,
-    pub syncs: Cell<u64>,
+    /// Dispatches recorded and CPU↔GPU waits, since the start (for `--timing`; see `Backend::counters`).
+    dispatches: Cell<u64>,
+    syncs: Cell<u64>,
     profiler: RefCell<Option<Profiler>>,
     /// Whether the matrix kernels reduce with subgroup operations (`…_sg` variants): where the adapter has them.
     subgroups: Cell<bool>,
