@@ -69,6 +69,22 @@ fn sampling_is_repeatable_with_a_seed() {
     assert_clean_error(&floe(&["--prompt", "Hi", "--top-p", "0"]), "--top-p must be in (0, 1]");
 }
 
+/// `floe bench --json` prints one JSON object with the speeds; `--timing` reports the work per forward call.
+#[test]
+fn bench_json_and_timing_report_their_figures() {
+    let dir = fixture("qwen35_moe_mlx_4bit");
+    let out = floe(&["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "7", "--gen-tokens", "3", "--backend", "cpu", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    for key in ["prefill_tok_s", "decode_tok_s", "ttft_ms", "expert_bytes_read", "dispatches_per_token"] {
+        assert!(report[key].is_number(), "{key} missing from {report}");
+    }
+    assert_eq!(report["prompt_tokens"], 7);
+    let out = floe(&["--prompt", "Hi", "--tokens", "4", "--backend", "cpu", "--timing"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("per forward call: 0 GPU dispatches"), "{stderr}");
+}
+
 #[test]
 fn wrong_path_is_one_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
