@@ -70,6 +70,14 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// An error unless every id is in the vocabulary.
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        match tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
+            Some(bad) => bail!("token id {bad} is outside the vocabulary (size {})", self.vocab_size),
+            None => Ok(()),
+        }
+    }
+
     pub fn load(dir: &Path) -> Result<ModelConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;

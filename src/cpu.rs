@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::backend::Backend;
 use crate::config::LinearAttnConfig;
 use crate::tensor::{Elems, Matrix};
-use crate::weights::{ExpertWeights, LinearAttnWeights, Storage, Transfer};
+use crate::weights::{ExpertWeights, LinearAttnWeights, Storage};
 
 // ---- The CPU backend ------------------------------------------------------------------------------------------
 
@@ -20,21 +20,6 @@ impl Storage for Cpu {
     type Matrix = Matrix;
     type Vector = Vec<f32>;
     type Experts = Vec<ExpertWeights>;
-}
-
-/// Host weights are the CPU's weights (a transfer is a cheap clone of views).
-impl Transfer<Cpu> for Cpu {
-    fn matrix(&mut self, _name: &str, m: &Matrix) -> Result<Matrix> {
-        Ok(m.clone())
-    }
-
-    fn vector(&mut self, _name: &str, v: &[f32]) -> Result<Vec<f32>> {
-        Ok(v.to_vec())
-    }
-
-    fn experts(&mut self, _layer: usize, experts: &[ExpertWeights]) -> Result<Vec<ExpertWeights>> {
-        Ok(experts.to_vec())
-    }
 }
 
 /// Keys (post-norm, post-RoPE) and values, `[len, kv_heads · head_dim]` each.

@@ -337,9 +337,8 @@ fn logits(args: LogitsArgs) -> Result<()> {
     if prefill == 0 || prefill > t {
         bail!("--prefill {prefill} must be between 1 and the number of tokens ({t})");
     }
-    if let Some(bad) = args.tokens.iter().find(|&&id| id as usize >= model.config.vocab_size) {
-        bail!("token id {bad} is outside the vocabulary (size {})", model.config.vocab_size);
-    }
+    // Before the backend is picked (and named on stderr), so bad input stays one error line.
+    model.config.check_tokens(&args.tokens)?;
     let choice = args.backend;
     on_backend(model, choice, WriteLogits { args, prefill })
 }

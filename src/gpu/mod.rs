@@ -49,6 +49,9 @@ pub struct Gpu {
     subgroups: Cell<bool>,
     /// The mappable buffer results are read back through.
     staging: RefCell<Option<wgpu::Buffer>>,
+    /// The last RoPE cos/sin table uploaded and what it was for (pos0, tokens, rotary dims, theta's bits): every
+    /// attention layer of a forward call rotates q and k with the same one.
+    rope_table: RefCell<Option<((usize, usize, usize, u64), Rc<Buf>)>>,
 }
 
 /// GPU time per kernel, from timestamps written around every dispatch (`Gpu::start_profiling`).
@@ -163,6 +166,7 @@ impl Gpu {
             profiler: RefCell::new(None),
             subgroups: Cell::new(optional.contains(wgpu::Features::SUBGROUP)),
             staging: RefCell::new(None),
+            rope_table: RefCell::new(None),
         }))
     }
 

@@ -178,8 +178,16 @@ impl Backend for Gpu {
 
     fn rope(&self, x: &mut Act, heads: usize, head_dim: usize, rot: usize, pos0: usize, theta: f64) {
         let t = x.len / (heads * head_dim);
-        let table = crate::cpu::rope_table(pos0, t, rot, theta);
-        let table = self.upload("rope table", bytemuck::cast_slice(&table)).expect("a rope table fits a binding");
+        let key = (pos0, t, rot, theta.to_bits());
+        let mut kept = self.rope_table.borrow_mut();
+        if kept.as_ref().is_none_or(|(k, _)| *k != key) {
+            let values = crate::cpu::rope_table(pos0, t, rot, theta);
+            // At most 65,535 tokens × 128 pairs × 8 bytes = 64 MiB: within every binding limit.
+            let table = self.upload("rope table", bytemuck::cast_slice(&values)).expect("a rope table fits a binding");
+            *kept = Some((key, Rc::new(table)));
+        }
+        let table = kept.as_ref().unwrap().1.clone();
+        drop(kept);
         let half = rot / 2;
         let params = [t as u32, heads as u32, head_dim as u32, half as u32];
         self.dispatch("rope", &[&table, &x.buf], &params, grid_1d(t * heads * half));

@@ -111,9 +111,7 @@ impl<B: Backend> Model<B> {
         if tokens.is_empty() {
             bail!("no tokens to run");
         }
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            bail!("token id {bad} is outside the vocabulary (size {})", self.config.vocab_size);
-        }
+        self.config.check_tokens(tokens)?;
         qwen35::forward(&self.backend, &self.config, &self.weights, tokens, state, which)
     }
 }
