@@ -19,7 +19,7 @@ use crate::config::ModelConfig;
 use crate::format::{self, ExpertTable, Manifest, Part, TensorEntry, ALIGN, DENSE_FILE, MANIFEST};
 use crate::quant::{quantize_row, QuantFormat};
 use crate::tensor::{Matrix, Tensor};
-use crate::weights::{ExpertWeights, LayerWeights, Mixer, Weights};
+use crate::weights::{ExpertWeights, LayerWeights, Storage, Transfer, Weights};
 
 /// Target quantization per kind of matrix; `None` keeps a matrix as its source stores it.
 #[derive(Clone, Copy, Debug)]
@@ -140,42 +140,39 @@ pub fn partial_path(dst: &Path) -> PathBuf {
 }
 
 fn write_layer_dense(w: &mut DenseWriter, i: usize, l: &LayerWeights, plan: QuantPlan) -> Result<()> {
-    let p = |n: &str| format!("layers.{i}.{n}");
-    w.vector(&p("input_norm"), &l.input_norm)?;
-    w.vector(&p("post_attn_norm"), &l.post_attn_norm)?;
-    let d = plan.dense;
-    match &l.mixer {
-        Mixer::Attention(a) => {
-            for (n, m) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)] {
-                w.matrix(&p(&format!("attn.{n}")), &transform(m, d))?;
-            }
-            w.vector(&p("attn.q_norm"), &a.q_norm)?;
-            w.vector(&p("attn.k_norm"), &a.k_norm)?;
-        }
-        Mixer::Linear(la) => {
-            let mats = [
-                ("in_proj_qkv", &la.in_proj_qkv),
-                ("in_proj_z", &la.in_proj_z),
-                ("in_proj_b", &la.in_proj_b),
-                ("in_proj_a", &la.in_proj_a),
-                ("out_proj", &la.out_proj),
-            ];
-            for (n, m) in mats {
-                w.matrix(&p(&format!("linear.{n}")), &transform(m, d))?;
-            }
-            for (n, v) in [("conv1d", &la.conv1d), ("a_log", &la.a_log), ("dt_bias", &la.dt_bias), ("norm", &la.norm)] {
-                w.vector(&p(&format!("linear.{n}")), v)?;
-            }
-        }
-    }
-    w.matrix(&p("moe.router"), &transform(&l.moe.router, plan.gates))?;
-    if let Some(s) = &l.moe.shared {
-        w.matrix(&p("moe.shared.gate"), &transform(&s.mlp.gate, d))?;
-        w.matrix(&p("moe.shared.up"), &transform(&s.mlp.up, d))?;
-        w.matrix(&p("moe.shared.down"), &transform(&s.mlp.down, d))?;
-        w.matrix(&p("moe.shared_gate"), &transform(&s.gate, plan.gates))?;
-    }
+    l.transfer(i, &mut LayerWriter { dense: w, plan })?;
     Ok(())
+}
+
+/// Writes a layer's dense tensors as `LayerWeights::transfer` names them, quantized by the plan (the router and
+/// the shared-expert gate as gates); its experts go to their own file (`write_experts`).
+struct LayerWriter<'a> {
+    dense: &'a mut DenseWriter,
+    plan: QuantPlan,
+}
+
+/// The storage of a written layer: nothing is kept.
+struct Written;
+
+impl Storage for Written {
+    type Matrix = ();
+    type Vector = ();
+    type Experts = ();
+}
+
+impl Transfer<Written> for LayerWriter<'_> {
+    fn matrix(&mut self, name: &str, m: &Matrix) -> Result<()> {
+        let gate = name.ends_with(".moe.router") || name.ends_with(".moe.shared_gate");
+        self.dense.matrix(name, &transform(m, if gate { self.plan.gates } else { self.plan.dense }))
+    }
+
+    fn vector(&mut self, name: &str, v: &[f32]) -> Result<()> {
+        self.dense.vector(name, v)
+    }
+
+    fn experts(&mut self, _layer: usize, _experts: &[ExpertWeights]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes one layer's expert records; returns their checksums. Fills in the table's layout from the first layer

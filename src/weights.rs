@@ -129,42 +129,47 @@ pub fn moe_parts<S: Storage, T: Transfer<S> + ?Sized>(to: &mut T, layer: usize, 
 impl Weights {
     /// These weights in storage `S`, part by part (names are the floe format's canonical tensor names).
     pub fn transfer<S: Storage>(&self, to: &mut impl Transfer<S>) -> Result<Weights<S>> {
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("layers.{i}.");
-            let mixer = match &l.mixer {
-                Mixer::Attention(a) => Mixer::Attention(AttentionWeights {
-                    q_proj: to.matrix(&format!("{p}attn.q_proj"), &a.q_proj)?,
-                    k_proj: to.matrix(&format!("{p}attn.k_proj"), &a.k_proj)?,
-                    v_proj: to.matrix(&format!("{p}attn.v_proj"), &a.v_proj)?,
-                    o_proj: to.matrix(&format!("{p}attn.o_proj"), &a.o_proj)?,
-                    q_norm: to.vector(&format!("{p}attn.q_norm"), &a.q_norm)?,
-                    k_norm: to.vector(&format!("{p}attn.k_norm"), &a.k_norm)?,
-                }),
-                Mixer::Linear(x) => Mixer::Linear(LinearAttnWeights {
-                    in_proj_qkv: to.matrix(&format!("{p}linear.in_proj_qkv"), &x.in_proj_qkv)?,
-                    in_proj_z: to.matrix(&format!("{p}linear.in_proj_z"), &x.in_proj_z)?,
-                    in_proj_b: to.matrix(&format!("{p}linear.in_proj_b"), &x.in_proj_b)?,
-                    in_proj_a: to.matrix(&format!("{p}linear.in_proj_a"), &x.in_proj_a)?,
-                    conv1d: to.vector(&format!("{p}linear.conv1d"), &x.conv1d)?,
-                    a_log: to.vector(&format!("{p}linear.a_log"), &x.a_log)?,
-                    dt_bias: to.vector(&format!("{p}linear.dt_bias"), &x.dt_bias)?,
-                    norm: to.vector(&format!("{p}linear.norm"), &x.norm)?,
-                    out_proj: to.matrix(&format!("{p}linear.out_proj"), &x.out_proj)?,
-                }),
-            };
-            layers.push(LayerWeights {
-                input_norm: to.vector(&format!("{p}input_norm"), &l.input_norm)?,
-                post_attn_norm: to.vector(&format!("{p}post_attn_norm"), &l.post_attn_norm)?,
-                mixer,
-                moe: to.moe(i, &l.moe)?,
-            });
-        }
+        let layers = self.layers.iter().enumerate().map(|(i, l)| l.transfer(i, to)).collect::<Result<Vec<_>>>()?;
         Ok(Weights {
             embed: to.matrix("embed", &self.embed)?,
             layers,
             final_norm: to.vector("final_norm", &self.final_norm)?,
             lm_head: to.matrix("lm_head", &self.lm_head)?,
+        })
+    }
+}
+
+impl LayerWeights {
+    /// Layer `i`'s weights in storage `S`, part by part under their canonical names (`layers.{i}.…`): how the GPU
+    /// uploads a layer and how `floe convert` writes one.
+    pub fn transfer<S: Storage>(&self, i: usize, to: &mut impl Transfer<S>) -> Result<LayerWeights<S>> {
+        let p = format!("layers.{i}.");
+        let mixer = match &self.mixer {
+            Mixer::Attention(a) => Mixer::Attention(AttentionWeights {
+                q_proj: to.matrix(&format!("{p}attn.q_proj"), &a.q_proj)?,
+                k_proj: to.matrix(&format!("{p}attn.k_proj"), &a.k_proj)?,
+                v_proj: to.matrix(&format!("{p}attn.v_proj"), &a.v_proj)?,
+                o_proj: to.matrix(&format!("{p}attn.o_proj"), &a.o_proj)?,
+                q_norm: to.vector(&format!("{p}attn.q_norm"), &a.q_norm)?,
+                k_norm: to.vector(&format!("{p}attn.k_norm"), &a.k_norm)?,
+            }),
+            Mixer::Linear(x) => Mixer::Linear(LinearAttnWeights {
+                in_proj_qkv: to.matrix(&format!("{p}linear.in_proj_qkv"), &x.in_proj_qkv)?,
+                in_proj_z: to.matrix(&format!("{p}linear.in_proj_z"), &x.in_proj_z)?,
+                in_proj_b: to.matrix(&format!("{p}linear.in_proj_b"), &x.in_proj_b)?,
+                in_proj_a: to.matrix(&format!("{p}linear.in_proj_a"), &x.in_proj_a)?,
+                conv1d: to.vector(&format!("{p}linear.conv1d"), &x.conv1d)?,
+                a_log: to.vector(&format!("{p}linear.a_log"), &x.a_log)?,
+                dt_bias: to.vector(&format!("{p}linear.dt_bias"), &x.dt_bias)?,
+                norm: to.vector(&format!("{p}linear.norm"), &x.norm)?,
+                out_proj: to.matrix(&format!("{p}linear.out_proj"), &x.out_proj)?,
+            }),
+        };
+        Ok(LayerWeights {
+            input_norm: to.vector(&format!("{p}input_norm"), &self.input_norm)?,
+            post_attn_norm: to.vector(&format!("{p}post_attn_norm"), &self.post_attn_norm)?,
+            mixer,
+            moe: to.moe(i, &self.moe)?,
         })
     }
 }
