@@ -60,7 +60,7 @@ fn weight_bytes_per_token(model: &floe::model::Model) -> f64 {
             }
         };
         let mlp = |e: &floe::weights::ExpertWeights| size(&e.gate) + size(&e.up) + size(&e.down);
-        total += size(&layer.moe.router) + c.experts_per_token as f64 * mlp(&layer.moe.experts[0]);
+        total += size(&layer.moe.router) + c.experts_per_token as f64 * mlp(&layer.moe.experts.resident().unwrap()[0]);
         if let Some(s) = &layer.moe.shared {
             total += mlp(&s.mlp) + size(&s.gate);
         }

@@ -12,7 +12,7 @@ use floe::convert::quantize_matrix;
 use floe::gpu::{AdapterChoice, Gpu};
 use floe::quant::QuantFormat;
 use floe::tensor::{Matrix, Tensor};
-use floe::weights::{ExpertWeights, Transfer};
+use floe::weights::{ExpertWeights, HostExperts, Transfer};
 use rand::{Rng, SeedableRng};
 
 fn main() {
@@ -56,9 +56,10 @@ fn main() {
     // One layer of 35B-A3B experts: K = 8 of 256, gate/up 512×2048, down 2048×512.
     // (On a GPU whose bindings cannot hold 256 of them, lavapipe's 128 MiB, fewer: the work per call is the same.)
     let count = if gpu.max_binding() >= 256 * 1_769_472 { 256 } else { 64 };
-    let experts: Vec<ExpertWeights> =
-        (0..count).map(|_| ExpertWeights { gate: random(512, 2048), up: random(512, 2048), down: random(2048, 512) }).collect();
-    let per_expert = (experts[0].gate.size_bytes() + experts[0].up.size_bytes() + experts[0].down.size_bytes()) as f64;
+    let experts = HostExperts::Resident(
+        (0..count).map(|_| ExpertWeights { gate: random(512, 2048), up: random(512, 2048), down: random(2048, 512) }).collect(),
+    );
+    let per_expert = (experts.bytes() / count as u64) as f64;
     let device = Transfer::<Gpu>::experts(&mut &gpu, 0, &experts).unwrap();
     let x = gpu.act(&vec![0.01; 2048]).unwrap();
     // Router logits that pick 8 distinct experts spread over the layer.

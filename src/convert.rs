@@ -19,7 +19,7 @@ use crate::config::ModelConfig;
 use crate::format::{self, ExpertTable, Manifest, Part, TensorEntry, ALIGN, DENSE_FILE, MANIFEST};
 use crate::quant::{quantize_row, QuantFormat};
 use crate::tensor::{Matrix, Tensor};
-use crate::weights::{ExpertWeights, LayerWeights, Storage, Transfer, Weights};
+use crate::weights::{ExpertWeights, HostExperts, LayerWeights, Storage, Transfer, Weights};
 
 /// Target quantization per kind of matrix; `None` keeps a matrix as its source stores it.
 #[derive(Clone, Copy, Debug)]
@@ -100,7 +100,7 @@ pub fn write_model(
         write_layer_dense(&mut dense, i, &l, plan)?;
         bar.inc(dense.file.stream_position()? - before);
         let name = format!("experts/layer_{i:03}.bin");
-        let sums = write_experts(&partial.join(&name), &l.moe.experts, plan.experts, &mut experts, &bar)
+        let sums = write_experts(&partial.join(&name), l.moe.experts.resident()?, plan.experts, &mut experts, &bar)
             .with_context(|| format!("layer {i} experts"))?;
         experts.files.push(name);
         experts.xxh3.push(sums);
@@ -170,7 +170,7 @@ impl Transfer<Written> for LayerWriter<'_> {
         self.dense.vector(name, v)
     }
 
-    fn experts(&mut self, _layer: usize, _experts: &[ExpertWeights]) -> Result<()> {
+    fn experts(&mut self, _layer: usize, _experts: &HostExperts) -> Result<()> {
         Ok(())
     }
 }
@@ -309,7 +309,7 @@ pub fn quantize_matrix(m: &Matrix, f: QuantFormat) -> Matrix {
 pub fn weights_bytes(w: &Weights) -> u64 {
     let mut total = (w.embed.size_bytes() + w.lm_head.size_bytes()) as u64;
     for l in &w.layers {
-        total += l.moe.experts.iter().map(|e| e.gate.size_bytes() + e.up.size_bytes() + e.down.size_bytes()).sum::<usize>() as u64;
+        total += l.moe.experts.bytes();
     }
     total
 }

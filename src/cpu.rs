@@ -8,7 +8,10 @@ use rayon::prelude::*;
 use crate::backend::Backend;
 use crate::config::LinearAttnConfig;
 use crate::tensor::{Elems, Matrix};
-use crate::weights::{ExpertWeights, LinearAttnWeights, Storage};
+use crate::weights::{ExpertWeights, HostExperts, LinearAttnWeights, Storage};
+
+/// Streamed experts a CPU MoE block reads at once (a prefill touching every expert holds this many records).
+const STREAM_BATCH: usize = 16;
 
 // ---- The CPU backend ------------------------------------------------------------------------------------------
 
@@ -19,7 +22,7 @@ pub struct Cpu;
 impl Storage for Cpu {
     type Matrix = Matrix;
     type Vector = Vec<f32>;
-    type Experts = Vec<ExpertWeights>;
+    type Experts = HostExperts;
 }
 
 /// Keys (post-norm, post-RoPE) and values, `[len, kv_heads · head_dim]` each.
@@ -132,26 +135,40 @@ impl Backend for Cpu {
         gate.iter().zip(up).map(|(g, u)| silu(*g) * u).collect()
     }
 
-    fn route(&self, logits: &Vec<f32>, experts: &Vec<ExpertWeights>, k: usize, renormalize: bool) -> Self::Routing {
-        logits.chunks(experts.len()).map(|row| route(row, k, renormalize)).collect()
+    fn route(&self, logits: &Vec<f32>, experts: &HostExperts, k: usize, renormalize: bool) -> Self::Routing {
+        logits.chunks(experts.count()).map(|row| route(row, k, renormalize)).collect()
     }
 
     /// Each expert runs once over all the tokens routed to it (a batched prefill reads each expert once).
-    fn experts(&self, x: &Vec<f32>, routing: &Self::Routing, experts: &Vec<ExpertWeights>) -> Result<Vec<f32>> {
+    /// Streamed experts are fetched a batch at a time, so a long prefill holds a bounded number of records.
+    fn experts(&self, x: &Vec<f32>, routing: &Self::Routing, experts: &HostExperts) -> Result<Vec<f32>> {
         let k = routing.first().map_or(0, |r| r.len());
         let h = x.len() / routing.len().max(1);
-        let mut rows_of_expert: Vec<Vec<(usize, usize)>> = vec![Vec::new(); experts.len()];
+        let mut rows_of_expert: Vec<Vec<(usize, usize)>> = vec![Vec::new(); experts.count()];
         for (tok, chosen) in routing.iter().enumerate() {
             for (j, &(e, _)) in chosen.iter().enumerate() {
                 rows_of_expert[e].push((tok, tok * k + j));
             }
         }
+        let needed: Vec<usize> = (0..rows_of_expert.len()).filter(|&e| !rows_of_expert[e].is_empty()).collect();
         let mut out = vec![0f32; routing.len() * k * h];
-        for (e, rows) in rows_of_expert.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+        let mut run = |e: usize, expert: &ExpertWeights| {
+            let rows = &rows_of_expert[e];
             let xs: Vec<f32> = rows.iter().flat_map(|&(tok, _)| x[tok * h..(tok + 1) * h].iter().copied()).collect();
-            let y = swiglu_mlp(&experts[e], &xs, rows.len());
+            let y = swiglu_mlp(expert, &xs, rows.len());
             for (&(_, row), yr) in rows.iter().zip(y.chunks(h)) {
                 out[row * h..(row + 1) * h].copy_from_slice(yr);
+            }
+        };
+        match experts {
+            HostExperts::Resident(all) => needed.iter().for_each(|&e| run(e, &all[e])),
+            HostExperts::Streamed(s) => {
+                for batch in needed.chunks(STREAM_BATCH.max(k)) {
+                    let records = s.store.records(s.layer, batch)?;
+                    for (&e, record) in batch.iter().zip(&records) {
+                        run(e, &s.store.expert_weights(record)?);
+                    }
+                }
             }
         }
         Ok(out)

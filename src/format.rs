@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{LayerType, ModelConfig};
 use crate::quant::QuantFormat;
-use crate::tensor::{DType, Matrix, Tensor};
+use crate::store::{ExpertStore, StreamedLayer};
+use crate::tensor::{Bytes, DType, Matrix, Tensor};
 use crate::weights::*;
 
 pub const MANIFEST: &str = "floe.json";
@@ -97,8 +98,8 @@ pub fn is_floe_dir(dir: &Path) -> bool {
 pub struct FloeModel {
     pub dir: PathBuf,
     pub manifest: Manifest,
-    dense: Arc<Mmap>,
-    expert_files: Vec<Arc<Mmap>>,
+    dense: Bytes,
+    expert_files: Vec<Bytes>,
 }
 
 impl FloeModel {
@@ -153,14 +154,27 @@ impl FloeModel {
     /// The bytes of one expert record (what one pread reads).
     pub fn expert_record(&self, layer: usize, e: usize) -> &[u8] {
         let start = (e as u64 * self.manifest.experts.stride) as usize;
-        &self.expert_files[layer][start..start + self.manifest.experts.record_bytes as usize]
+        &self.expert_files[layer].as_ref().as_ref()[start..start + self.manifest.experts.record_bytes as usize]
     }
 
     pub fn dense_part(&self, p: &Part) -> &[u8] {
-        &self.dense[p.offset as usize..(p.offset + p.bytes) as usize]
+        &self.dense.as_ref().as_ref()[p.offset as usize..(p.offset + p.bytes) as usize]
     }
 
+    /// The weights with every expert mapped in place (the OS pages them in as they are used).
     pub fn weights(&self) -> Result<Weights> {
+        self.weights_with(|layer| {
+            let experts = (0..self.manifest.config.num_experts).map(|e| self.expert(layer, e)).collect::<Result<_>>()?;
+            Ok(HostExperts::Resident(experts))
+        })
+    }
+
+    /// The weights with the routed experts left on disk, read through `store` as tokens route to them.
+    pub fn streamed_weights(&self, store: Arc<ExpertStore>) -> Result<Weights> {
+        self.weights_with(|layer| Ok(HostExperts::Streamed(StreamedLayer { store: store.clone(), layer })))
+    }
+
+    fn weights_with(&self, experts_of: impl Fn(usize) -> Result<HostExperts>) -> Result<Weights> {
         let c = &self.manifest.config;
         let mut layers = Vec::with_capacity(c.num_layers());
         for (i, lt) in c.layer_types.iter().enumerate() {
@@ -194,7 +208,7 @@ impl FloeModel {
                 }),
                 None => None,
             };
-            let experts = (0..c.num_experts).map(|e| self.expert(i, e)).collect::<Result<_>>()?;
+            let experts = experts_of(i)?;
             layers.push(LayerWeights {
                 input_norm: v("input_norm")?,
                 post_attn_norm: v("post_attn_norm")?,
@@ -232,7 +246,7 @@ impl FloeModel {
     }
 }
 
-fn map_file(path: &Path, needed: u64) -> Result<Arc<Mmap>> {
+fn map_file(path: &Path, needed: u64) -> Result<Bytes> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = file.metadata()?.len();
     if len < needed {
@@ -243,7 +257,7 @@ fn map_file(path: &Path, needed: u64) -> Result<Arc<Mmap>> {
 }
 
 /// The matrix an entry describes, its parts `base` bytes into `map`.
-fn entry_matrix(e: &TensorEntry, map: &Arc<Mmap>, base: u64) -> Result<Matrix> {
+pub fn entry_matrix(e: &TensorEntry, map: &Bytes, base: u64) -> Result<Matrix> {
     let dtype = parse_dtype(&e.dtype)?;
     let at = |i: usize, shape: Vec<usize>, dtype: DType| -> Result<Tensor> {
         let p = e.parts.get(i).context("manifest entry lacks a part")?;

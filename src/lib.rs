@@ -16,6 +16,7 @@ pub mod model;
 pub mod npy;
 pub mod quant;
 pub mod sample;
+pub mod store;
 pub mod synthetic;
 pub mod tensor;
 pub mod weights;

@@ -13,7 +13,8 @@ use floe::convert::{self, Output, QuantPlan};
 use floe::generate;
 use floe::backend::Backend;
 use floe::gpu::{AdapterChoice, Gpu};
-use floe::model::{Logits, Model};
+use floe::model::{LoadOptions, Logits, Model};
+use floe::store::{CachePolicy, StreamOptions};
 use floe::quant::QuantFormat;
 use floe::sample::Sampling;
 use floe::tensor::Matrix;
@@ -65,6 +66,8 @@ struct BenchArgs {
     /// Also print GPU time per kernel over the decode (timestamps around every dispatch; slows it down).
     #[arg(long)]
     profile: bool,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 #[derive(Args)]
@@ -121,6 +124,60 @@ struct InspectArgs {
     verify: bool,
 }
 
+/// How a model is loaded: experts per token, and whether and how its experts are streamed from disk.
+#[derive(Args)]
+struct LoadArgs {
+    /// Experts per token instead of the model's own (fewer is faster; below the model's default, quality drops).
+    #[arg(long)]
+    k: Option<usize>,
+    /// GPU memory for cached experts when streaming (e.g. 4G; default 4G). Implies streaming.
+    #[arg(long, value_parser = floe::store::parse_size)]
+    gpu_mem: Option<u64>,
+    /// Host memory for cached experts when streaming (e.g. 16G; default none: the OS page cache). Implies
+    /// streaming.
+    #[arg(long, value_parser = floe::store::parse_size)]
+    ram_mem: Option<u64>,
+    /// What the expert caches keep: os (no host cache; the page cache), lru, lfu. Implies streaming.
+    #[arg(long, value_enum)]
+    cache: Option<CachePolicy>,
+    /// Stream the routed experts from disk (floe models; on by default when they exceed half the RAM).
+    #[arg(long)]
+    stream: bool,
+}
+
+impl LoadArgs {
+    /// Loads `dir` as these flags say.
+    fn load(&self, dir: &std::path::Path) -> Result<Model> {
+        let explicit = self.stream || self.gpu_mem.is_some() || self.ram_mem.is_some() || self.cache.is_some();
+        let stream = explicit || floe::format::is_floe_dir(dir) && experts_exceed_half_the_ram(dir);
+        let policy = self.cache.unwrap_or(if self.ram_mem.is_some() { CachePolicy::Lru } else { CachePolicy::Os });
+        let options = LoadOptions {
+            k: self.k,
+            stream: stream.then_some(StreamOptions {
+                ram_bytes: self.ram_mem.unwrap_or(0),
+                gpu_bytes: self.gpu_mem.unwrap_or(floe::gpu::DEFAULT_EXPERT_MEMORY),
+                policy,
+            }),
+        };
+        let model = Model::load_with(dir, &options)?;
+        if stream && !explicit {
+            eprintln!("floe: the experts exceed half the RAM: streaming them from disk (see --gpu-mem, --ram-mem)");
+        }
+        Ok(model)
+    }
+}
+
+/// Whether a floe model's expert files are larger than half the machine's memory (Linux; elsewhere: no).
+fn experts_exceed_half_the_ram(dir: &std::path::Path) -> bool {
+    let Ok(model) = floe::format::FloeModel::open(dir) else { return false };
+    let ex = &model.manifest.experts;
+    let experts = ex.stride * (model.manifest.config.num_experts * ex.files.len()) as u64;
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+    });
+    total_kib.is_some_and(|kib| experts > kib * 1024 / 2)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendChoice {
     /// A hardware GPU when there is one and the model fits it, else the CPU.
@@ -143,11 +200,13 @@ struct RunArgs {
     tokens: usize,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
-    /// After generating, print per-token work: GPU dispatches and CPU↔GPU round trips.
+    /// After generating, print per-token work: GPU dispatches, CPU↔GPU round trips, expert streaming.
     #[arg(long)]
     timing: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 /// How the next token is chosen (floe::sample): greedy unless --temperature is above 0.
@@ -223,6 +282,8 @@ struct LogitsArgs {
     /// Output file (.npy).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 fn main() -> ExitCode {
@@ -267,6 +328,9 @@ fn on_backend(model: Model, choice: BackendChoice, job: impl Job) -> Result<()> 
         return job.run(&model);
     };
     let adapter = gpu.describe();
+    if let Some(stream) = model.store.as_ref().map(|s| s.options) {
+        gpu.set_expert_memory(stream.gpu_bytes, stream.policy);
+    }
     match model.to_backend(gpu) {
         Ok(on_gpu) => {
             eprintln!("floe: backend: GPU {adapter}");
@@ -283,7 +347,7 @@ fn on_backend(model: Model, choice: BackendChoice, job: impl Job) -> Result<()> 
 fn run(args: RunArgs) -> Result<()> {
     let sampling = args.sampling.to_sampling()?;
     let (model, tokenizer) = match &args.model {
-        Some(dir) => (Model::load(dir)?, generate::load_tokenizer(dir)?),
+        Some(dir) => (args.load.load(dir)?, generate::load_tokenizer(dir)?),
         None => {
             eprintln!("floe: no --model given: running the built-in default model (random weights: its text is meaningless)");
             floe::synthetic::default_model()
@@ -304,6 +368,7 @@ impl Job for Generate {
         let args = self.args;
         let mut stdout = std::io::stdout();
         let before = model.backend.counters();
+        let io_before = model.store.as_ref().map(|s| s.stats());
         let stats = generate::generate(model, &self.tokenizer, &args.prompt, args.tokens, &self.sampling, |text| {
             let _ = stdout.write_all(text.as_bytes());
             let _ = stdout.flush();
@@ -325,13 +390,18 @@ impl Job for Generate {
                 (used.dispatches - before.dispatches) as f64 / calls,
                 (used.syncs - before.syncs) as f64 / calls
             );
+            if let (Some(store), Some(io_before)) = (&model.store, io_before) {
+                let io = store.stats().since(&io_before);
+                let secs = (stats.time_to_first_token + stats.decode_time).as_secs_f64();
+                eprintln!("floe: experts streamed: {}", describe_io(&io, calls, secs));
+            }
         }
         Ok(())
     }
 }
 
 fn logits(args: LogitsArgs) -> Result<()> {
-    let model = Model::load(&args.model)?;
+    let model = args.load.load(&args.model)?;
     let t = args.tokens.len();
     let prefill = args.prefill.unwrap_or(t);
     if prefill == 0 || prefill > t {
@@ -364,7 +434,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     if args.prompt_tokens == 0 {
         bail!("--prompt-tokens must be at least 1");
     }
-    let model = Model::load(&args.model)?;
+    let model = args.load.load(&args.model)?;
     let choice = args.backend;
     on_backend(model, choice, Bench(args))
 }
@@ -383,16 +453,19 @@ impl Job for Bench {
         model.forward_greedy(&[next], &mut state)?;
 
         let mut state = model.new_state()?;
-        let start = Instant::now();
+        let streamed = || model.store.as_ref().map(|s| s.stats()).unwrap_or_default();
+        let (start, at_start) = (Instant::now(), streamed());
         let mut next = model.forward_greedy(&prompt, &mut state)?;
         let ttft = start.elapsed().as_secs_f64();
-        let before = model.backend.counters();
+        let prefill_io = streamed().since(&at_start);
+        let (before, at_decode) = (model.backend.counters(), streamed());
         let start = Instant::now();
         for _ in 0..args.gen_tokens {
             next = model.forward_greedy(&[next], &mut state)?;
         }
         let decode = start.elapsed().as_secs_f64();
         let after = model.backend.counters();
+        let io = streamed().since(&at_decode);
         if args.profile {
             profile_decode(model, &mut state, next, args.gen_tokens.max(1))?;
         }
@@ -404,9 +477,16 @@ impl Job for Bench {
             "ttft_ms": ttft * 1e3,
             "prefill_tok_s": args.prompt_tokens as f64 / ttft,
             "decode_tok_s": args.gen_tokens as f64 / decode,
-            "expert_bytes_read": 0,
             "dispatches_per_token": (after.dispatches - before.dispatches) as f64 / n,
             "syncs_per_token": (after.syncs - before.syncs) as f64 / n,
+            "streamed": model.store.is_some(),
+            "expert_bytes_read": prefill_io.bytes_read + io.bytes_read,
+            "prefill_expert_bytes_read": prefill_io.bytes_read,
+            "decode_expert_bytes_per_token": io.bytes_read as f64 / n,
+            "decode_disk_gb_s": io.bytes_read as f64 / 1e9 / decode,
+            "decode_read_wait_s": io.read_seconds,
+            "gpu_cache_hit_rate": io.device_hit_rate(),
+            "ram_cache_hit_rate": io.ram_hit_rate(),
         });
         if args.json {
             println!("{report}");
@@ -414,9 +494,25 @@ impl Job for Bench {
             println!("prefill: {} tokens, time to first token {:.1} ms, {:.1} tok/s", args.prompt_tokens, ttft * 1e3, report["prefill_tok_s"]);
             println!("decode:  {} tokens, {:.2} tok/s", args.gen_tokens, report["decode_tok_s"]);
             println!("per decoded token: {} GPU dispatches, {} CPU↔GPU round trips", report["dispatches_per_token"], report["syncs_per_token"]);
+            if model.store.is_some() {
+                println!("streaming: prefill read {:.2} GB; decode {}", prefill_io.bytes_read as f64 / 1e9, describe_io(&io, n, decode));
+            }
         }
         Ok(())
     }
+}
+
+/// Expert streaming over `tokens` tokens taking `secs`: bytes read per token, disk rate, cache hit rates.
+fn describe_io(io: &floe::store::StreamStats, tokens: f64, secs: f64) -> String {
+    let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+    format!(
+        "read {:.1} MB/token at {:.2} GB/s (waiting {:.0}% of the time), hit rate GPU {} RAM {}",
+        io.bytes_read as f64 / 1e6 / tokens,
+        io.bytes_read as f64 / 1e9 / secs,
+        100.0 * io.read_seconds / secs,
+        rate(io.device_hit_rate()),
+        rate(io.ram_hit_rate())
+    )
 }
 
 /// Decodes `n` more tokens with every GPU dispatch timed, and prints GPU time per token by kernel.

@@ -107,7 +107,7 @@ pub fn random_model(c: &ModelConfig, seed: u64, dtype: DType) -> Model {
     let (embed, lm_head) = (r.embed(), r.lm_head());
     let layers = (0..c.num_layers()).map(|i| r.layer(i)).collect();
     let final_norm = vec![1.0; c.hidden_size];
-    Model { config: c.clone(), weights: Weights { embed, layers, final_norm, lm_head }, backend: crate::cpu::Cpu }
+    Model { config: c.clone(), weights: Weights { embed, layers, final_norm, lm_head }, backend: crate::cpu::Cpu, store: None }
 }
 
 /// Random weights for config `c`, made one piece at a time (so `floe synth` never holds more than one layer).
@@ -185,7 +185,7 @@ fn random_linear(g: &mut Gen, c: &ModelConfig) -> LinearAttnWeights {
 
 fn random_moe(g: &mut Gen, c: &ModelConfig) -> MoeWeights {
     let (h, i) = (c.hidden_size, c.moe_intermediate_size);
-    let experts = (0..c.num_experts).map(|_| random_mlp(g, h, i)).collect();
+    let experts = HostExperts::Resident((0..c.num_experts).map(|_| random_mlp(g, h, i)).collect());
     let shared = c
         .shared_expert_intermediate_size
         .map(|is| SharedExpertWeights { mlp: random_mlp(g, h, is), gate: g.linear(1, h) });

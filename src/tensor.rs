@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use memmap2::Mmap;
 
 use crate::quant::{dequantize_row, QuantFormat};
 
@@ -38,14 +37,18 @@ pub enum Elems<'a> {
     U32(&'a [u32]),
 }
 
+/// Bytes a tensor can view in place: a mapped file (`Arc<Mmap>`) or a buffer read from one.
+pub type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 #[derive(Clone)]
 enum Data {
     F32(Arc<[f32]>),
     BF16(Arc<[bf16]>),
     F16(Arc<[f16]>),
     U32(Arc<[u32]>),
-    /// `len` bytes at `start` of a mapped file; `start` is aligned for `dtype` (checked on creation).
-    Mapped { map: Arc<Mmap>, start: usize, dtype: DType },
+    /// Elements at byte `start` of shared bytes (a mapped file, an expert record read from disk); `start` is
+    /// aligned for `dtype` (checked on creation).
+    Mapped { map: Bytes, start: usize, dtype: DType },
 }
 
 #[derive(Clone)]
@@ -85,13 +88,13 @@ impl Tensor {
     }
 
     /// A tensor over `map[start..]`; copies the bytes instead when they are not aligned for `dtype`.
-    pub fn mapped(shape: Vec<usize>, dtype: DType, map: Arc<Mmap>, start: usize) -> Tensor {
+    pub fn mapped(shape: Vec<usize>, dtype: DType, map: Bytes, start: usize) -> Tensor {
         let len: usize = shape.iter().product();
-        if (map.as_ptr() as usize + start) % dtype.size() == 0 {
+        if (map.as_ref().as_ref().as_ptr() as usize + start) % dtype.size() == 0 {
             return Tensor { shape, data: Data::Mapped { map, start, dtype }, offset: 0 };
         }
         // Misaligned (some writers do not pad the safetensors header): copy, keeping the dtype.
-        let bytes = &map[start..start + len * dtype.size()];
+        let bytes = &map.as_ref().as_ref()[start..start + len * dtype.size()];
         let data = match dtype {
             DType::F32 => Data::F32(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()),
             DType::BF16 => Data::BF16(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect()),
@@ -161,7 +164,7 @@ impl Tensor {
             Data::F16(v) => Elems::F16(&v[r]),
             Data::U32(v) => Elems::U32(&v[r]),
             Data::Mapped { map, start, dtype } => {
-                let bytes = &map[*start + r.start * dtype.size()..*start + r.end * dtype.size()];
+                let bytes = &map.as_ref().as_ref()[*start + r.start * dtype.size()..*start + r.end * dtype.size()];
                 match dtype {
                     DType::F32 => Elems::F32(bytemuck::cast_slice(bytes)),
                     DType::BF16 => Elems::BF16(bytemuck::cast_slice(bytes)),

@@ -11,6 +11,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{Arch, LayerType, ModelConfig};
 use crate::cpu::Cpu;
 use crate::quant::QuantFormat;
+use crate::store::StreamedLayer;
 use crate::tensor::Matrix;
 
 /// Where a backend keeps weights: the CPU reads [`Matrix`] and `Vec<f32>` in place (the default, [`Cpu`]); the
@@ -85,6 +86,39 @@ pub struct ExpertWeights<S: Storage = Cpu> {
     pub down: S::Matrix,
 }
 
+/// One layer's routed experts in host memory: all of them (mapped from a file or owned), or streamed from a floe
+/// model's expert file as tokens route to them (see [`crate::store`]).
+#[derive(Clone)]
+pub enum HostExperts {
+    Resident(Vec<ExpertWeights>),
+    Streamed(StreamedLayer),
+}
+
+impl HostExperts {
+    pub fn count(&self) -> usize {
+        match self {
+            HostExperts::Resident(all) => all.len(),
+            HostExperts::Streamed(s) => s.store.num_experts,
+        }
+    }
+
+    /// Bytes of all the experts as stored.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            HostExperts::Resident(all) => all.iter().map(|e| e.gate.size_bytes() + e.up.size_bytes() + e.down.size_bytes()).sum::<usize>() as u64,
+            HostExperts::Streamed(s) => (s.store.num_experts * s.store.record_bytes) as u64,
+        }
+    }
+
+    /// All the experts, in memory: what converting or uploading a whole model needs.
+    pub fn resident(&self) -> Result<&[ExpertWeights]> {
+        match self {
+            HostExperts::Resident(all) => Ok(all),
+            HostExperts::Streamed(_) => bail!("the experts are streamed from disk, not loaded (internal error)"),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct SharedExpertWeights<S: Storage = Cpu> {
     pub mlp: ExpertWeights<S>,
@@ -96,7 +130,7 @@ pub struct SharedExpertWeights<S: Storage = Cpu> {
 pub trait Transfer<S: Storage> {
     fn matrix(&mut self, name: &str, m: &Matrix) -> Result<S::Matrix>;
     fn vector(&mut self, name: &str, v: &[f32]) -> Result<S::Vector>;
-    fn experts(&mut self, layer: usize, experts: &[ExpertWeights]) -> Result<S::Experts>;
+    fn experts(&mut self, layer: usize, experts: &HostExperts) -> Result<S::Experts>;
 
     /// A layer's MoE block; a storage may lay it out otherwise than [`moe_parts`] does (the GPU keeps the shared
     /// expert as one more routed expert where their shapes agree).
@@ -350,6 +384,7 @@ fn load_moe(ly: &Layout, c: &ModelConfig, p: &str) -> Result<MoeWeights> {
         }),
         None => None,
     };
+    let experts = HostExperts::Resident(experts);
     Ok(MoeWeights { router: ly.matrix(&format!("{p}gate.weight"), &[e, h])?, experts, shared })
 }
 

@@ -16,7 +16,7 @@ use floe::gpu::Gpu;
 use floe::quant::QuantFormat;
 use floe::tensor::{DType, Matrix, Tensor};
 use floe::model::qwen35::sparse_moe;
-use floe::weights::{ExpertWeights, LinearAttnWeights, MoeWeights, SharedExpertWeights, Storage, Transfer};
+use floe::weights::{ExpertWeights, HostExperts, LinearAttnWeights, MoeWeights, SharedExpertWeights, Storage, Transfer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -287,13 +287,15 @@ fn moe_routing_experts_and_combine() {
     ];
     for ((format, experts, k, t, h, inter, renormalize), subgroups) in cases.into_iter().zip([true, false].into_iter().cycle()) {
         b.gpu.set_subgroups(subgroups);
-        let host: Vec<ExpertWeights> = (0..experts)
-            .map(|_| ExpertWeights {
-                gate: b.matrix(inter, h, format),
-                up: b.matrix(inter, h, format),
-                down: b.matrix(h, inter, format),
-            })
-            .collect();
+        let host = HostExperts::Resident(
+            (0..experts)
+                .map(|_| ExpertWeights {
+                    gate: b.matrix(inter, h, format),
+                    up: b.matrix(inter, h, format),
+                    down: b.matrix(h, inter, format),
+                })
+                .collect(),
+        );
         let device = Transfer::<Gpu>::experts(&mut &b.gpu, 0, &host).unwrap();
         let what = format!("MoE {format} E={experts} k={k} t={t} h={h} i={inter}");
         let (x, gx) = b.random(t * h, 1.0);
@@ -330,6 +332,7 @@ fn sparse_moe_block_with_a_shared_expert() {
         let mut mlp = |i: usize| ExpertWeights { gate: b.matrix(i, h, format), up: b.matrix(i, h, format), down: b.matrix(h, i, format) };
         let routed: Vec<ExpertWeights> = (0..experts).map(|_| mlp(inter)).collect();
         let shared = SharedExpertWeights { mlp: mlp(shared_inter), gate: b.matrix(1, h, router_format) };
+        let routed = HostExperts::Resident(routed);
         let host = MoeWeights { router: b.matrix(experts, h, router_format), experts: routed, shared: Some(shared) };
         let device = Transfer::<Gpu>::moe(&mut &b.gpu, 0, &host).unwrap();
         assert_eq!(device.shared.is_none(), inter == shared_inter, "the shared expert is fused exactly when shapes agree");

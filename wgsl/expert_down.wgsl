@@ -1,7 +1,7 @@
 {% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
 // each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
-// share its x loads. Grid: (ceil(rows / 16), t · k).
+// share its x loads. Grid: (ceil(rows / 16), pairs).
 
 struct Params {
     rows: u32,
@@ -10,6 +10,7 @@ struct Params {
     down_w: u32,
     down_s: u32,
     down_b: u32,
+    first_pair: u32,
 }
 var<immediate> p: Params;
 
@@ -26,7 +27,7 @@ const SB: u32 = {{ fmt.sbytes }}u;
 
 @compute @workgroup_size(32, 4)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
-    let pair = wid.y;
+    let pair = p.first_pair + wid.y;
     let record = ids[pair] * p.stride;
     let down = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);
     let xo0 = pair * p.cols;

@@ -3,7 +3,7 @@
 // comes from `ids` (written by the router on the GPU: no CPU round trip) and
 //   act[pair, r] = silu(gate_e[r] · x[token]) · (up_e[r] · x[token]).
 // Experts are fixed-stride records in `w` (the floe format's layout); gate and up are of format {{ fmt.name }}.
-// Each thread sums 2 rows of gate and of up. Grid: (ceil(rows / (GROUPS · 2)), t · k).
+// Each thread sums 2 rows of gate and of up. Grid: (ceil(rows / (GROUPS · 2)), pairs).
 
 struct Params {
     rows: u32,
@@ -16,6 +16,8 @@ struct Params {
     up_w: u32,
     up_s: u32,
     up_b: u32,
+    /// The pair of workgroup row 0 (a streamed prefill runs its pairs in chunks).
+    first_pair: u32,
 }
 var<immediate> p: Params;
 
@@ -32,7 +34,7 @@ const SB: u32 = {{ fmt.sbytes }}u;
 
 @compute @workgroup_size(16, 8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
-    let pair = wid.y;
+    let pair = p.first_pair + wid.y;
     let record = ids[pair] * p.stride;
     let gate = Mat((record + p.gate_w) / WB, (record + p.gate_s) / SB, (record + p.gate_b) / SB, p.cols);
     let up = Mat((record + p.up_w) / WB, (record + p.up_s) / SB, (record + p.up_b) / SB, p.cols);

@@ -8,10 +8,12 @@
 
 pub mod kernels;
 mod ops;
+mod stream;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use wgpu::util::DeviceExt;
@@ -20,6 +22,9 @@ pub use ops::{GpuExperts, GpuMatrix};
 
 /// Bytes of immediate data (push constants) every kernel may use for its parameters.
 const IMMEDIATE_BYTES: u32 = 64;
+
+/// GPU memory for streamed experts when `--gpu-mem` is not given.
+pub const DEFAULT_EXPERT_MEMORY: u64 = 4 << 30;
 
 /// Which adapter `--backend` asks for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -52,6 +57,12 @@ pub struct Gpu {
     /// The last RoPE cos/sin table uploaded and what it was for (pos0, tokens, rotary dims, theta's bits): every
     /// attention layer of a forward call rotates q and k with the same one.
     rope_table: RefCell<Option<((usize, usize, usize, u64), Rc<Buf>)>>,
+    /// Buffers to map for writing again once the copies reading them are submitted, and their "mapped" flags.
+    remap: RefCell<Vec<(wgpu::Buffer, Arc<std::sync::atomic::AtomicBool>)>>,
+    /// GPU memory for streamed experts' slots and the slots' policy (`--gpu-mem`, `--cache`), and the slots of
+    /// the model being uploaded.
+    expert_memory: Cell<(u64, crate::store::CachePolicy)>,
+    slots: RefCell<Option<Rc<stream::ExpertSlots>>>,
 }
 
 /// GPU time per kernel, from timestamps written around every dispatch (`Gpu::start_profiling`).
@@ -167,7 +178,16 @@ impl Gpu {
             subgroups: Cell::new(optional.contains(wgpu::Features::SUBGROUP)),
             staging: RefCell::new(None),
             rope_table: RefCell::new(None),
+            remap: RefCell::default(),
+            expert_memory: Cell::new((DEFAULT_EXPERT_MEMORY, crate::store::CachePolicy::Lru)),
+            slots: RefCell::new(None),
         }))
+    }
+
+    /// GPU memory for the expert slots of models with streamed experts uploaded from now on, and how the slots
+    /// choose what to keep.
+    pub fn set_expert_memory(&self, bytes: u64, policy: crate::store::CachePolicy) {
+        self.expert_memory.set((bytes, policy));
     }
 
     /// Uses subgroup operations in the matrix kernels or not (the fallback); returns whether they are used now
@@ -391,10 +411,41 @@ impl Gpu {
         if rec.recorded >= SUBMIT_EVERY {
             drop(rec.pass.take());
             if let Some(encoder) = rec.encoder.take() {
-                self.queue.submit([encoder.finish()]);
+                self.submit(encoder);
             }
             rec.recorded = 0;
         }
+    }
+
+    /// Submits `encoder`, then asks for the staging buffers its copies read to be mapped again.
+    fn submit(&self, encoder: wgpu::CommandEncoder) {
+        self.queue.submit([encoder.finish()]);
+        for (buffer, mapped) in self.remap.borrow_mut().drain(..) {
+            buffer.slice(..).map_async(wgpu::MapMode::Write, move |r| mapped.store(r.is_ok(), std::sync::atomic::Ordering::Release));
+        }
+    }
+
+    /// Submits what is recorded (without waiting).
+    fn flush(&self) {
+        let mut rec = self.recorder.borrow_mut();
+        drop(rec.pass.take());
+        rec.recorded = 0;
+        if let Some(encoder) = rec.encoder.take() {
+            self.submit(encoder);
+        }
+    }
+
+    /// Records a copy of `size` bytes between buffers, in order with the dispatches around it.
+    fn copy(&self, src: &wgpu::Buffer, src_offset: u64, dst: &Buf, dst_offset: u64, size: u64) {
+        let mut rec = self.recorder.borrow_mut();
+        drop(rec.pass.take());
+        let encoder = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        encoder.copy_buffer_to_buffer(src, src_offset, &dst.buffer, dst_offset, size);
+    }
+
+    /// Maps `buffer` for writing again after the next submission (which holds copies from it).
+    fn remap_after_submit(&self, buffer: &wgpu::Buffer, mapped: &Arc<std::sync::atomic::AtomicBool>) {
+        self.remap.borrow_mut().push((buffer.clone(), mapped.clone()));
     }
 
     /// Submits what was recorded and copies the first `len` values of `buf` back (the one CPU↔GPU wait).
@@ -432,7 +483,7 @@ impl Gpu {
             }
             None => None,
         };
-        self.queue.submit([encoder.finish()]);
+        self.submit(encoder);
         // The next call starts from the same free lists whatever order this one freed its buffers in, so it hands
         // out the same buffers in the same order and finds its bind groups cached.
         for free in self.pool.borrow_mut().free.values_mut() {

@@ -1,9 +1,12 @@
 //! The forward pass's operations on the GPU ([`Backend`] for [`Gpu`]), and the upload of host weights.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::stream::ExpertSlots;
 use super::{grid_1d, kernels, Buf, Gpu};
 use crate::backend::{Backend, Counters};
 use crate::config::{LinearAttnConfig, ModelConfig};
@@ -11,7 +14,8 @@ use crate::convert::expert_record;
 use crate::format::{dtype_name, TensorEntry};
 use crate::model::WeightsFrom;
 use crate::tensor::{DType, Matrix};
-use crate::weights::{moe_parts, ExpertWeights, LinearAttnWeights, MoeWeights, Storage, Transfer, Weights};
+use crate::store::StreamedLayer;
+use crate::weights::{moe_parts, ExpertWeights, HostExperts, LinearAttnWeights, MoeWeights, Storage, Transfer, Weights};
 
 /// A weight matrix in a GPU buffer: its parts' offsets in their own units (see wgsl/weights.wgsl).
 #[derive(Clone)]
@@ -29,7 +33,10 @@ pub struct GpuMatrix {
 /// token gets it as one more routed expert weighted sigmoid(gate): three dispatches fewer per layer).
 #[derive(Clone)]
 pub struct GpuExperts {
+    /// All the records, or (streamed) the buffer of this layer's slots.
     buf: Rc<Buf>,
+    /// Streamed: the slots and this layer's number.
+    stream: Option<(Rc<ExpertSlots>, usize)>,
     routed: usize,
     shared: bool,
     stride: u32,
@@ -93,6 +100,22 @@ impl Gpu {
     /// A new activation of `len` values, contents undefined.
     fn empty(&self, len: usize) -> Act {
         Act { buf: self.scratch(len), len }
+    }
+
+    /// The two expert kernels for (token, j) pairs `pairs`, reading record `ids[pair]` of `e.buf` for each.
+    #[allow(clippy::too_many_arguments)]
+    fn expert_kernels(&self, x: &Act, ids: &Buf, k: usize, e: &GpuExperts, pairs: std::ops::Range<usize>, act: &Act, out: &Act) {
+        let (h, i) = (e.hidden, e.intermediate);
+        let (first, n) = (pairs.start as u32, pairs.len() as u32);
+        let [gw, gs, gb] = e.gate;
+        let [uw, us, ub] = e.up;
+        let params = [i as u32, h as u32, k as u32, e.stride, gw, gs, gb, uw, us, ub, first];
+        let kernel = self.matrix_kernel(&format!("expert_gate_up_{}", e.gate_up_format));
+        self.dispatch(kernel, &[&e.buf, &x.buf, ids, &act.buf], &params, (i.div_ceil(16) as u32, n, 1));
+        let [dw, ds, db] = e.down;
+        let kernel = self.matrix_kernel(&format!("expert_down_{}", e.down_format));
+        let params = [h as u32, i as u32, e.stride, dw, ds, db, first];
+        self.dispatch(kernel, &[&e.buf, &act.buf, ids, &out.buf], &params, (h.div_ceil(16) as u32, n, 1));
     }
 
     fn elementwise(&self, op: &'static str, buffers: &[&Buf], n: usize, params: [u32; 3]) {
@@ -282,16 +305,21 @@ impl Backend for Gpu {
         ensure!(pairs <= 65535, "at most 65535 (token, expert) pairs per forward call on the GPU");
         let (h, i) = (e.hidden, e.intermediate);
         let act = self.empty(pairs * i);
-        let [gw, gs, gb] = e.gate;
-        let [uw, us, ub] = e.up;
-        let params = [i as u32, h as u32, r.k as u32, e.stride, gw, gs, gb, uw, us, ub];
-        let kernel = self.matrix_kernel(&format!("expert_gate_up_{}", e.gate_up_format));
-        self.dispatch(kernel, &[&e.buf, &x.buf, &r.ids, &act.buf], &params, (i.div_ceil(16) as u32, pairs as u32, 1));
         let out = self.empty(pairs * h);
-        let [dw, ds, db] = e.down;
-        let kernel = self.matrix_kernel(&format!("expert_down_{}", e.down_format));
-        let params = [h as u32, i as u32, e.stride, dw, ds, db];
-        self.dispatch(kernel, &[&e.buf, &act.buf, &r.ids, &out.buf], &params, (h.div_ceil(16) as u32, pairs as u32, 1));
+        let Some((slots, layer)) = &e.stream else {
+            self.expert_kernels(x, &r.ids, r.k, e, 0..pairs, &act, &out);
+            return Ok(out);
+        };
+        // Streamed: the router's choices come back to the CPU, which makes them resident and runs the kernels on
+        // slot numbers, chunk by chunk when a prefill needs more experts than there are slots.
+        let ids: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&r.ids, pairs)?);
+        let mut first = 0;
+        while first < pairs {
+            let (covered, slot_ids) = self.stage_experts(slots, *layer, &ids, r.k, e.routed, first)?;
+            let slot_ids = self.upload("expert slots of a layer", bytemuck::cast_slice(&slot_ids))?;
+            self.expert_kernels(x, &slot_ids, r.k, e, first..first + covered, &act, &out);
+            first += covered;
+        }
         Ok(out)
     }
 
@@ -399,18 +427,31 @@ impl Transfer<Gpu> for &Gpu {
         Ok(Rc::new(self.upload(name, bytemuck::cast_slice(v))?))
     }
 
-    fn experts(&mut self, layer: usize, experts: &[ExpertWeights]) -> Result<GpuExperts> {
-        self.upload_experts(layer, &experts.iter().collect::<Vec<_>>(), false)
+    fn experts(&mut self, layer: usize, experts: &HostExperts) -> Result<GpuExperts> {
+        match experts {
+            HostExperts::Resident(all) => self.upload_experts(layer, &all.iter().collect::<Vec<_>>(), false),
+            HostExperts::Streamed(s) => self.streamed_experts(s, None),
+        }
     }
 
     fn moe(&mut self, layer: usize, moe: &MoeWeights) -> Result<MoeWeights<Gpu>> {
         if let Some(s) = &moe.shared {
-            let same_layout = expert_record(&s.mlp, None)?.0 == expert_record(&moe.experts[0], None)?.0;
-            if let (true, Some(router)) = (same_layout, moe.router.concat_rows(&s.gate)) {
-                let mut all: Vec<&ExpertWeights> = moe.experts.iter().collect();
-                all.push(&s.mlp);
+            let (shared_layout, shared_record) = expert_record(&s.mlp, None)?;
+            let routed_layout = match &moe.experts {
+                HostExperts::Resident(all) => expert_record(&all[0], None)?.0,
+                HostExperts::Streamed(st) => st.store.components.clone(),
+            };
+            if let (true, Some(router)) = (shared_layout == routed_layout, moe.router.concat_rows(&s.gate)) {
                 let router = self.matrix(&format!("layers.{layer}.moe.router+shared_gate"), &router)?;
-                return Ok(MoeWeights { router, experts: self.upload_experts(layer, &all, true)?, shared: None });
+                let experts = match &moe.experts {
+                    HostExperts::Resident(all) => {
+                        let mut all: Vec<&ExpertWeights> = all.iter().collect();
+                        all.push(&s.mlp);
+                        self.upload_experts(layer, &all, true)?
+                    }
+                    HostExperts::Streamed(st) => self.streamed_experts(st, Some(&shared_record))?,
+                };
+                return Ok(MoeWeights { router, experts, shared: None });
             }
         }
         moe_parts(self, layer, moe)
@@ -418,6 +459,27 @@ impl Transfer<Gpu> for &Gpu {
 }
 
 impl Gpu {
+    /// A streamed layer's experts: its buffer of slots (made for the first layer of a model); with `shared`, the
+    /// shared expert's record, put in the layer's fixed slot.
+    fn streamed_experts(&self, s: &StreamedLayer, shared: Option<&[u8]>) -> Result<GpuExperts> {
+        let mut kept = self.slots.borrow_mut();
+        let slots = match kept.as_ref().filter(|k| Arc::ptr_eq(&k.store, &s.store)) {
+            Some(slots) => slots.clone(),
+            None => {
+                let (bytes, policy) = self.expert_memory.get();
+                let slots = Rc::new(ExpertSlots::new(self, s.store.clone(), bytes, policy, shared.is_some())?);
+                *kept = Some(slots.clone());
+                slots
+            }
+        };
+        if let Some(record) = shared {
+            slots.place_shared(self, s.layer, record);
+        }
+        let records =
+            Records { buf: slots.buffer(s.layer), stride: slots.stride, routed: s.store.num_experts, shared: shared.is_some() };
+        self.expert_layout(s.layer, &s.store.components, records, Some((slots.clone(), s.layer)))
+    }
+
     /// One layer's experts as fixed-stride records in one buffer; with `shared`, the last is the shared expert.
     fn upload_experts(&self, layer: usize, experts: &[&ExpertWeights], shared: bool) -> Result<GpuExperts> {
         let what = format!("the experts of layer {layer}");
@@ -426,11 +488,39 @@ impl Gpu {
         let total = (stride * experts.len()) as u64;
         ensure!(
             total <= self.max_binding(),
-            "{what} take {total} bytes, more than this GPU's largest binding ({} bytes); use --backend cpu",
+            "{what} take {total} bytes, more than this GPU's largest binding ({} bytes); use --backend cpu or --gpu-mem",
             self.max_binding()
         );
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&what),
+            size: total,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            for (e, expert) in experts.iter().enumerate() {
+                let (c, record) = expert_record(expert, None)?;
+                ensure!(c == components, "{what}: expert {e}'s layout differs from expert 0's");
+                view.slice(e * stride..e * stride + record.len()).copy_from_slice(&record);
+            }
+        }
+        buffer.unmap();
+        let records = Records { buf: Rc::new(self.wrap(buffer)), stride: stride as u64, routed: experts.len() - shared as usize, shared };
+        self.expert_layout(layer, &components, records, None)
+    }
+
+    /// Experts whose records (laid out as `components` say) sit in `records`, for the expert kernels.
+    fn expert_layout(
+        &self,
+        layer: usize,
+        components: &BTreeMap<String, TensorEntry>,
+        records: Records,
+        stream: Option<(Rc<ExpertSlots>, usize)>,
+    ) -> Result<GpuExperts> {
+        let what = format!("the experts of layer {layer}");
         let component = |name: &str| -> Result<(String, [u32; 3])> {
-            let entry: &TensorEntry = &components[name];
+            let entry: &TensorEntry = components.get(name).with_context(|| format!("{what}: no {name} matrix"))?;
             let format = match entry.quant {
                 Some(q) => format!("q{}g{}{}", q.bits, q.group, entry.dtype),
                 None => entry.dtype.clone(),
@@ -448,27 +538,14 @@ impl Gpu {
         let (up_format, up) = component("up")?;
         let (down_format, down) = component("down")?;
         ensure!(gate_format == up_format, "{what}: gate ({gate_format}) and up ({up_format}) differ in format");
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&what),
-            size: total,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: true,
-        });
-        {
-            let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
-            for (e, expert) in experts.iter().enumerate() {
-                let (c, record) = expert_record(expert, None)?;
-                ensure!(c == components, "{what}: expert {e}'s layout differs from expert 0's");
-                view.slice(e * stride..e * stride + record.len()).copy_from_slice(&record);
-            }
-        }
-        buffer.unmap();
-        let (intermediate, hidden) = (experts[0].gate.shape()[0], experts[0].gate.shape()[1]);
+        let (intermediate, hidden) = (components["gate"].shape[0], components["gate"].shape[1]);
+        ensure!(records.stride <= u32::MAX as u64 / 2, "{what}: records of {} bytes are too large", records.stride);
         Ok(GpuExperts {
-            buf: Rc::new(self.wrap(buffer)),
-            routed: experts.len() - shared as usize,
-            shared,
-            stride: stride as u32,
+            buf: records.buf,
+            stream,
+            routed: records.routed,
+            shared: records.shared,
+            stride: records.stride as u32,
             hidden,
             intermediate,
             gate_up_format: gate_format,
@@ -478,6 +555,14 @@ impl Gpu {
             down,
         })
     }
+}
+
+/// A buffer of expert records: `routed` experts, then the shared expert when `shared`.
+struct Records {
+    buf: Rc<Buf>,
+    stride: u64,
+    routed: usize,
+    shared: bool,
 }
 
 fn dtype_size(name: &str) -> usize {

@@ -3,6 +3,7 @@
 pub mod qwen35;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
@@ -10,6 +11,7 @@ use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::config::{LayerType, ModelConfig};
 use crate::cpu::Cpu;
+use crate::store::{ExpertStore, StreamOptions};
 use crate::weights::Weights;
 
 /// A model on a backend: its configuration, its weights where the backend keeps them, and the backend.
@@ -17,6 +19,17 @@ pub struct Model<B: Backend = Cpu> {
     pub config: ModelConfig,
     pub weights: Weights<B>,
     pub backend: B,
+    /// Where the routed experts are read from when they are streamed (`LoadOptions::stream`).
+    pub store: Option<Arc<ExpertStore>>,
+}
+
+/// How to load a model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Experts per token instead of the model's own (`--k`).
+    pub k: Option<usize>,
+    /// Stream the routed experts from disk under these budgets instead of mapping them all (floe models only).
+    pub stream: Option<StreamOptions>,
 }
 
 /// Which positions of a forward pass need logits: all (for `floe logits`) or the last (generation).
@@ -42,6 +55,28 @@ impl Model {
     /// Loads a model directory: a floe model (floe.json), or a Hugging Face or mlx-community checkpoint
     /// (config.json + safetensors), read in place.
     pub fn load(dir: &Path) -> Result<Model> {
+        Model::load_with(dir, &LoadOptions::default())
+    }
+
+    pub fn load_with(dir: &Path, options: &LoadOptions) -> Result<Model> {
+        let mut model = Model::load_weights(dir, options)?;
+        if let Some(k) = options.k {
+            let c = &mut model.config;
+            if k == 0 || k > c.num_experts {
+                bail!("--k {k} must be between 1 and the model's {} experts", c.num_experts);
+            }
+            if k < c.experts_per_token {
+                eprintln!(
+                    "floe: warning: --k {k} is below the model's {} experts per token: expect lower quality",
+                    c.experts_per_token
+                );
+            }
+            c.experts_per_token = k;
+        }
+        Ok(model)
+    }
+
+    fn load_weights(dir: &Path, options: &LoadOptions) -> Result<Model> {
         if !dir.is_dir() {
             bail!("model directory {} does not exist", dir.display());
         }
@@ -50,20 +85,30 @@ impl Model {
         }
         if crate::format::is_floe_dir(dir) {
             let floe = crate::format::FloeModel::open(dir)?;
-            let weights = floe.weights().with_context(|| format!("loading {}", dir.display()))?;
-            return Ok(Model { config: floe.manifest.config, weights, backend: Cpu });
+            let loading = || format!("loading {}", dir.display());
+            let Some(stream) = &options.stream else {
+                let weights = floe.weights().with_context(loading)?;
+                return Ok(Model { config: floe.manifest.config, weights, backend: Cpu, store: None });
+            };
+            let k = options.k.unwrap_or(floe.manifest.config.experts_per_token);
+            let store = Arc::new(ExpertStore::open(&floe, k, stream)?);
+            let weights = floe.streamed_weights(store.clone()).with_context(loading)?;
+            return Ok(Model { config: floe.manifest.config, weights, backend: Cpu, store: Some(store) });
+        }
+        if options.stream.is_some() {
+            bail!("{}: experts stream only from a floe model: run `floe convert {0} DST` first", dir.display());
         }
         let config = ModelConfig::load(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
         let weights = Weights::load(&checkpoint, &config).with_context(|| format!("loading {}", dir.display()))?;
-        Ok(Model { config, weights, backend: Cpu })
+        Ok(Model { config, weights, backend: Cpu, store: None })
     }
 
     /// This model on another backend, its weights moved there.
     pub fn to_backend<B: WeightsFrom>(&self, backend: B) -> Result<Model<B>> {
         backend.supports(&self.config)?;
         let weights = backend.weights_from(&self.weights)?;
-        Ok(Model { config: self.config.clone(), weights, backend })
+        Ok(Model { config: self.config.clone(), weights, backend, store: self.store.clone() })
     }
 }
 

@@ -1,0 +1,214 @@
+//! Streamed experts on the GPU: a cache of expert slots in GPU memory (`--gpu-mem`), filled from the host store
+//! (crate::store) through a mapped staging buffer and buffer-to-buffer copies, never `queue.write_buffer`.
+//!
+//! Per MoE block: the router's choices are read back (one CPU↔GPU round trip per layer), each chosen expert is
+//! looked up in the slots, the misses are fetched (host cache or one pread each), written into the staging buffer
+//! and copied into the slots they evict, and the expert kernels run on slot numbers instead of expert ids. A
+//! prefill whose tokens need more experts than there are slots runs in chunks of tokens that fit.
+//!
+//! Slots live in buffers of at most one binding each (2 GiB on Vulkan); layer l uses buffer l mod n, so each
+//! buffer's slots are shared by its layers under the cache policy. Where the GPU fuses the shared expert with
+//! the routed ones (see ops.rs), each layer's shared expert has a fixed slot of its own.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::Arc;
+
+use anyhow::{anyhow, ensure, Result};
+
+use super::{Buf, Gpu};
+use crate::store::{Cache, CachePolicy, ExpertStore};
+
+pub struct ExpertSlots {
+    pub store: Arc<ExpertStore>,
+    /// Bytes between slots (a record rounded up to 256).
+    pub stride: u64,
+    pools: Vec<SlotPool>,
+    staging: Staging,
+}
+
+struct SlotPool {
+    buf: Rc<Buf>,
+    cache: RefCell<Cache<(usize, usize)>>,
+    /// Slots before the cache's own: one per layer of this pool, holding its shared expert (when fused).
+    reserved: usize,
+}
+
+/// A persistently mapped upload buffer for `records` records, re-armed (mapped again) after each use.
+struct Staging {
+    buffer: wgpu::Buffer,
+    records: usize,
+    mapped: Arc<AtomicBool>,
+}
+
+impl ExpertSlots {
+    /// Slots for `store`'s experts in `gpu_bytes` of GPU memory (plus one slot per layer for the shared expert
+    /// when `shared`), split into buffers the GPU can bind.
+    pub fn new(gpu: &Gpu, store: Arc<ExpertStore>, gpu_bytes: u64, policy: CachePolicy, shared: bool) -> Result<ExpertSlots> {
+        let stride = (store.record_bytes as u64).next_multiple_of(256);
+        let k = store.experts_per_token;
+        let routed = (gpu_bytes / stride) as usize;
+        ensure!(
+            routed >= k,
+            "--gpu-mem {gpu_bytes} holds {routed} experts; one layer's {k} experts need at least {} bytes",
+            k as u64 * stride
+        );
+        let per_buffer = (gpu.max_binding().min(gpu.limits.max_buffer_size) / stride) as usize;
+        let layers = store.num_layers();
+        let reserved_total = if shared { layers } else { 0 };
+        let pools_needed = (1..=layers.max(1))
+            .find(|&n| routed.div_ceil(n) + reserved_total.div_ceil(n) <= per_buffer)
+            .ok_or_else(|| anyhow!("an expert record of {stride} bytes does not fit this GPU's bindings"))?;
+        let routed_per_pool = routed / pools_needed;
+        ensure!(
+            routed_per_pool >= k,
+            "--gpu-mem {gpu_bytes} split into {pools_needed} GPU buffers leaves {routed_per_pool} experts each, fewer than {k}"
+        );
+        // The cache policy of the slots; "os" (no host cache) still needs one here: LRU.
+        let slot_policy = if policy == CachePolicy::Lfu { CachePolicy::Lfu } else { CachePolicy::Lru };
+        let pools = (0..pools_needed)
+            .map(|p| {
+                let reserved = if shared { (p..layers).step_by(pools_needed).count() } else { 0 };
+                let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("expert slots"),
+                    size: (reserved + routed_per_pool) as u64 * stride,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                SlotPool {
+                    buf: Rc::new(gpu.wrap(buffer)),
+                    cache: RefCell::new(Cache::new(routed_per_pool, slot_policy)),
+                    reserved,
+                }
+            })
+            .collect();
+        // Enough records for one decode step's misses of a layer, or a chunk of a prefill.
+        let records = k.max(16).min(routed_per_pool);
+        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("expert staging"),
+            size: records as u64 * stride,
+            usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        let staging = Staging { buffer, records, mapped: Arc::new(AtomicBool::new(true)) };
+        Ok(ExpertSlots { store, stride, pools, staging })
+    }
+
+    fn pool(&self, layer: usize) -> &SlotPool {
+        &self.pools[layer % self.pools.len()]
+    }
+
+    /// The buffer holding layer `layer`'s slots.
+    pub fn buffer(&self, layer: usize) -> Rc<Buf> {
+        self.pool(layer).buf.clone()
+    }
+
+    /// The fixed slot of layer `layer`'s shared expert.
+    fn shared_slot(&self, layer: usize) -> u32 {
+        (layer / self.pools.len()) as u32
+    }
+
+    /// Puts layer `layer`'s shared expert (a record in the store's layout) into its fixed slot.
+    pub fn place_shared(&self, gpu: &Gpu, layer: usize, record: &[u8]) {
+        let offset = self.shared_slot(layer) as u64 * self.stride;
+        gpu.queue.write_buffer(&self.pool(layer).buf.buffer, offset, record);
+    }
+}
+
+impl Gpu {
+    /// Makes the experts that `ids` (expert per (token, j) pair, `routed` = the fused shared expert) name for
+    /// pairs `first..` resident, as many tokens' worth as fit at once; returns the pairs covered (a multiple of
+    /// `k`) and the slot of each pair of the whole call (other entries 0).
+    pub(super) fn stage_experts(
+        &self,
+        slots: &ExpertSlots,
+        layer: usize,
+        ids: &[u32],
+        k: usize,
+        routed: usize,
+        first: usize,
+    ) -> Result<(usize, Vec<u32>)> {
+        let pool = slots.pool(layer);
+        let mut cache = pool.cache.borrow_mut();
+        let limit = cache.capacity().min(slots.staging.records);
+        let counters = &slots.store.counters;
+        // Tokens from `first` on, while their distinct routed experts fit the slots and the staging buffer.
+        let mut chosen: Vec<usize> = Vec::new();
+        let mut end = first;
+        while end < ids.len() {
+            let mut with = chosen.clone();
+            for &e in &ids[end..end + k] {
+                if (e as usize) < routed && !with.contains(&(e as usize)) {
+                    with.push(e as usize);
+                }
+            }
+            if with.len() > limit {
+                break;
+            }
+            chosen = with;
+            end += k;
+        }
+        ensure!(end > first, "one token's experts do not fit the GPU's expert slots");
+        let mut slot_of_expert = vec![0u32; routed];
+        let mut pinned = Vec::with_capacity(chosen.len());
+        let mut misses: Vec<(usize, usize)> = Vec::new();
+        for &e in &chosen {
+            counters.device_lookups.fetch_add(1, Relaxed);
+            let slot = match cache.get((layer, e)) {
+                Some(s) => {
+                    counters.device_hits.fetch_add(1, Relaxed);
+                    s
+                }
+                None => {
+                    let s = cache.insert((layer, e), &pinned).expect("a slot outside this chunk's pinned ones");
+                    misses.push((e, s));
+                    s
+                }
+            };
+            pinned.push(slot);
+            slot_of_expert[e] = (pool.reserved + slot) as u32;
+        }
+        drop(cache);
+        if !misses.is_empty() {
+            self.upload_records(slots, pool, layer, &misses)?;
+        }
+        let mut slot_ids = vec![0u32; ids.len()];
+        for pair in first..end {
+            let e = ids[pair] as usize;
+            slot_ids[pair] = if e == routed { slots.shared_slot(layer) } else { slot_of_expert[e] };
+        }
+        Ok((end - first, slot_ids))
+    }
+
+    /// Fetches `misses` (expert, cache slot) from the store and copies them into their slots via staging.
+    fn upload_records(&self, slots: &ExpertSlots, pool: &SlotPool, layer: usize, misses: &[(usize, usize)]) -> Result<()> {
+        let experts: Vec<usize> = misses.iter().map(|&(e, _)| e).collect();
+        let records = slots.store.records(layer, &experts)?;
+        let staging = &slots.staging;
+        if !staging.mapped.load(Acquire) {
+            // Its last copies must have run: submit them if still recorded, then wait for the mapping.
+            self.flush();
+            self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
+            self.syncs.set(self.syncs.get() + 1);
+            ensure!(staging.mapped.load(Acquire), "the expert staging buffer did not map");
+        }
+        let stride = slots.stride as usize;
+        {
+            let mut view = staging.buffer.slice(..).get_mapped_range_mut().map_err(|e| anyhow!("expert staging: {e}"))?;
+            for (i, record) in records.iter().enumerate() {
+                let bytes = &(**record).as_ref()[..slots.store.record_bytes];
+                view.slice(i * stride..i * stride + bytes.len()).copy_from_slice(bytes);
+            }
+        }
+        staging.buffer.unmap();
+        staging.mapped.store(false, Release);
+        for (i, &(_, slot)) in misses.iter().enumerate() {
+            let dst = (pool.reserved + slot) as u64 * slots.stride;
+            self.copy(&staging.buffer, (i * stride) as u64, &pool.buf, dst, slots.store.record_bytes as u64);
+        }
+        self.remap_after_submit(&staging.buffer, &staging.mapped);
+        Ok(())
+    }
+}

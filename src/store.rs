@@ -1,0 +1,376 @@
+//! Expert streaming: a floe model's routed experts read from its per-layer expert files as tokens route to them,
+//! one `pread` per expert record, instead of being held in memory. Dense weights stay resident.
+//!
+//! [`ExpertStore`] owns the open expert files, a host (RAM) cache of records under a byte budget and the counters
+//! `--timing` and `floe bench` report. A backend keeps its own faster cache in front of it (the GPU's expert
+//! slots, gpu/stream.rs); both use the same replacement policies ([`Cache`]).
+//!
+//! Every record read from disk is checked against the manifest's xxh3 before it is used: a short read, an I/O
+//! error or a file changed under the engine stops the generation with an error naming the layer and expert.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+
+use crate::format::{entry_matrix, FloeModel, TensorEntry};
+use crate::weights::ExpertWeights;
+
+/// Which records a cache gives up when it is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CachePolicy {
+    /// No host cache: every miss of the backend's cache reads the file, and the OS page cache keeps what it can
+    /// (the seed's best policy on Macs).
+    Os,
+    /// Least recently used.
+    Lru,
+    /// Least frequently used (ties: least recently): keeps the experts routing favours.
+    Lfu,
+}
+
+/// A replacement policy over `capacity` numbered slots: which key each holds, and which to give up.
+pub struct Cache<K> {
+    policy: CachePolicy,
+    slot_of: HashMap<K, usize>,
+    slots: Vec<SlotUse<K>>,
+    clock: u64,
+}
+
+struct SlotUse<K> {
+    key: Option<K>,
+    last_used: u64,
+    uses: u64,
+}
+
+impl<K: Copy + Eq + Hash> Cache<K> {
+    pub fn new(capacity: usize, policy: CachePolicy) -> Cache<K> {
+        let slots = (0..capacity).map(|_| SlotUse { key: None, last_used: 0, uses: 0 }).collect();
+        Cache { policy, slot_of: HashMap::new(), slots, clock: 0 }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The slot holding `key`, counted as a use.
+    pub fn get(&mut self, key: K) -> Option<usize> {
+        let slot = *self.slot_of.get(&key)?;
+        self.clock += 1;
+        let s = &mut self.slots[slot];
+        s.last_used = self.clock;
+        s.uses += 1;
+        Some(slot)
+    }
+
+    /// A slot for `key` (not present): an empty one, else the policy's victim among those `pinned` does not hold
+    /// (None when every slot is pinned). The caller fills the slot.
+    pub fn insert(&mut self, key: K, pinned: &[usize]) -> Option<usize> {
+        let free = self.slots.iter().position(|s| s.key.is_none());
+        let slot = free.or_else(|| {
+            let candidates = (0..self.slots.len()).filter(|i| !pinned.contains(i));
+            match self.policy {
+                CachePolicy::Lfu => candidates.min_by_key(|&i| (self.slots[i].uses, self.slots[i].last_used)),
+                CachePolicy::Lru | CachePolicy::Os => candidates.min_by_key(|&i| self.slots[i].last_used),
+            }
+        })?;
+        if let Some(old) = self.slots[slot].key.take() {
+            self.slot_of.remove(&old);
+        }
+        self.clock += 1;
+        self.slots[slot] = SlotUse { key: Some(key), last_used: self.clock, uses: 1 };
+        self.slot_of.insert(key, slot);
+        Some(slot)
+    }
+}
+
+/// One expert record in host memory, 8-byte aligned so its matrices are read in place.
+pub struct Record(Vec<u64>);
+
+impl AsRef<[u8]> for Record {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
+}
+
+/// Where records are read from: the layer files (tests substitute a failing source).
+pub trait RecordSource: Send + Sync {
+    /// Reads up to `dst.len()` bytes at `offset`; the count read, like `pread`.
+    fn read_at(&self, dst: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+impl RecordSource for File {
+    fn read_at(&self, dst: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        #[cfg(unix)]
+        return std::os::unix::fs::FileExt::read_at(self, dst, offset);
+        #[cfg(windows)]
+        return std::os::windows::fs::FileExt::seek_read(self, dst, offset);
+    }
+}
+
+/// What streaming did since the model was loaded (all counters only grow).
+#[derive(Default)]
+pub struct StreamCounters {
+    /// Expert lookups in the backend's own cache (GPU slots) and how many found the expert there.
+    pub device_lookups: AtomicU64,
+    pub device_hits: AtomicU64,
+    /// Lookups in the host cache and hits.
+    pub ram_lookups: AtomicU64,
+    pub ram_hits: AtomicU64,
+    /// Records read from disk, their bytes, and the wall time spent waiting for them (nanoseconds).
+    pub disk_reads: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub read_nanos: AtomicU64,
+}
+
+/// A copy of [`StreamCounters`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StreamStats {
+    pub device_lookups: u64,
+    pub device_hits: u64,
+    pub ram_lookups: u64,
+    pub ram_hits: u64,
+    pub disk_reads: u64,
+    pub bytes_read: u64,
+    pub read_seconds: f64,
+}
+
+impl StreamStats {
+    /// What happened between `earlier` and this.
+    pub fn since(&self, earlier: &StreamStats) -> StreamStats {
+        StreamStats {
+            device_lookups: self.device_lookups - earlier.device_lookups,
+            device_hits: self.device_hits - earlier.device_hits,
+            ram_lookups: self.ram_lookups - earlier.ram_lookups,
+            ram_hits: self.ram_hits - earlier.ram_hits,
+            disk_reads: self.disk_reads - earlier.disk_reads,
+            bytes_read: self.bytes_read - earlier.bytes_read,
+            read_seconds: self.read_seconds - earlier.read_seconds,
+        }
+    }
+
+    pub fn device_hit_rate(&self) -> Option<f64> {
+        (self.device_lookups > 0).then(|| self.device_hits as f64 / self.device_lookups as f64)
+    }
+
+    pub fn ram_hit_rate(&self) -> Option<f64> {
+        (self.ram_lookups > 0).then(|| self.ram_hits as f64 / self.ram_lookups as f64)
+    }
+}
+
+/// How much memory streaming may use, and how the host cache chooses what to keep.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamOptions {
+    /// Bytes of expert records the host cache may hold (0 or policy `Os`: none).
+    pub ram_bytes: u64,
+    /// Bytes of GPU memory for expert slots (the GPU backend).
+    pub gpu_bytes: u64,
+    pub policy: CachePolicy,
+}
+
+struct RamCache {
+    cache: Cache<(usize, usize)>,
+    records: Vec<Option<Arc<Record>>>,
+}
+
+/// A floe model's routed experts, read on demand.
+pub struct ExpertStore {
+    sources: Vec<Box<dyn RecordSource>>,
+    /// Layer file names, for errors.
+    files: Vec<String>,
+    pub num_experts: usize,
+    /// Experts each token is routed to (the model's, or `--k`): the least a cache must hold.
+    pub experts_per_token: usize,
+    pub record_bytes: usize,
+    /// gate, up and down within a record (the manifest's table).
+    pub components: BTreeMap<String, TensorEntry>,
+    checksums: Vec<Vec<u64>>,
+    ram: Mutex<RamCache>,
+    pub counters: StreamCounters,
+    /// The budgets and policy it was opened with (the GPU backend sizes its slots from them).
+    pub options: StreamOptions,
+}
+
+/// One layer of a store: what a streamed layer's weights hold in place of its experts.
+#[derive(Clone)]
+pub struct StreamedLayer {
+    pub store: Arc<ExpertStore>,
+    pub layer: usize,
+}
+
+impl ExpertStore {
+    /// The store of a floe model's expert files, each opened once (`pread` needs no seek and no lock).
+    pub fn open(model: &FloeModel, k: usize, options: &StreamOptions) -> Result<ExpertStore> {
+        let ex = &model.manifest.experts;
+        let sources = ex
+            .files
+            .iter()
+            .map(|f| -> Result<Box<dyn RecordSource>> {
+                let path = model.dir.join(f);
+                Ok(Box::new(File::open(&path).with_context(|| format!("cannot open {}", path.display()))?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        ExpertStore::with_sources(model, k, sources, options)
+    }
+
+    /// A store reading from `sources` (one per layer) instead of the model's files: tests inject I/O errors here.
+    pub fn with_sources(
+        model: &FloeModel,
+        k: usize,
+        sources: Vec<Box<dyn RecordSource>>,
+        options: &StreamOptions,
+    ) -> Result<ExpertStore> {
+        let ex = &model.manifest.experts;
+        let checksums = ex
+            .xxh3
+            .iter()
+            .map(|layer| layer.iter().map(|h| u64::from_str_radix(h, 16)).collect::<Result<Vec<_>, _>>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("malformed expert checksum in the manifest")?;
+        let record_bytes = ex.record_bytes as usize;
+        let capacity = match options.policy {
+            CachePolicy::Os => 0,
+            _ => (options.ram_bytes / ex.record_bytes.max(1)) as usize,
+        };
+        if capacity > 0 && capacity < k {
+            bail!(
+                "--ram-mem {} holds {capacity} expert records; one layer's {k} experts need at least {} bytes",
+                options.ram_bytes,
+                k as u64 * ex.record_bytes
+            );
+        }
+        Ok(ExpertStore {
+            sources,
+            files: ex.files.clone(),
+            num_experts: model.manifest.config.num_experts,
+            experts_per_token: k,
+            record_bytes,
+            components: ex.components.clone(),
+            checksums,
+            ram: Mutex::new(RamCache { cache: Cache::new(capacity, options.policy), records: vec![None; capacity] }),
+            counters: StreamCounters::default(),
+            options: *options,
+        })
+    }
+
+    /// Bytes of records the host cache holds now.
+    pub fn cached_bytes(&self) -> u64 {
+        let held = self.ram.lock().unwrap().records.iter().filter(|r| r.is_some()).count();
+        (held * self.record_bytes) as u64
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.sources.len()
+    }
+
+    pub fn stats(&self) -> StreamStats {
+        let c = &self.counters;
+        StreamStats {
+            device_lookups: c.device_lookups.load(Relaxed),
+            device_hits: c.device_hits.load(Relaxed),
+            ram_lookups: c.ram_lookups.load(Relaxed),
+            ram_hits: c.ram_hits.load(Relaxed),
+            disk_reads: c.disk_reads.load(Relaxed),
+            bytes_read: c.bytes_read.load(Relaxed),
+            read_seconds: c.read_nanos.load(Relaxed) as f64 * 1e-9,
+        }
+    }
+
+    /// The records of `experts` of `layer`, in that order: from the host cache, the rest read from disk in
+    /// parallel (one pread each) and kept in the cache as its policy decides.
+    pub fn records(&self, layer: usize, experts: &[usize]) -> Result<Vec<Arc<Record>>> {
+        let mut found: Vec<Option<Arc<Record>>> = vec![None; experts.len()];
+        {
+            let mut ram = self.ram.lock().unwrap();
+            if ram.cache.capacity() > 0 {
+                for (slot, &e) in found.iter_mut().zip(experts) {
+                    self.counters.ram_lookups.fetch_add(1, Relaxed);
+                    if let Some(s) = ram.cache.get((layer, e)) {
+                        self.counters.ram_hits.fetch_add(1, Relaxed);
+                        *slot = ram.records[s].clone();
+                    }
+                }
+            }
+        }
+        let missing: Vec<usize> = (0..experts.len()).filter(|&i| found[i].is_none()).collect();
+        let start = Instant::now();
+        let read: Vec<Arc<Record>> =
+            missing.par_iter().map(|&i| self.read(layer, experts[i]).map(Arc::new)).collect::<Result<_>>()?;
+        self.counters.read_nanos.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
+        let mut ram = self.ram.lock().unwrap();
+        let RamCache { cache, records } = &mut *ram;
+        for (&i, record) in missing.iter().zip(read) {
+            if cache.capacity() > 0 {
+                // Records of this call are not pinned: the caller holds them (Arc) whatever the cache drops.
+                if let Some(s) = cache.insert((layer, experts[i]), &[]) {
+                    records[s] = Some(record.clone());
+                }
+            }
+            found[i] = Some(record);
+        }
+        Ok(found.into_iter().map(|r| r.expect("every record found or read")).collect())
+    }
+
+    /// Expert `e` of `layer` from its file, checked against the manifest.
+    fn read(&self, layer: usize, e: usize) -> Result<Record> {
+        let what = || format!("expert {e} of layer {layer} ({})", self.files[layer]);
+        if e >= self.num_experts {
+            bail!("{}: no such expert (the model has {})", what(), self.num_experts);
+        }
+        let mut record = Record(vec![0u64; self.record_bytes.div_ceil(8)]);
+        let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut record.0)[..self.record_bytes];
+        let offset = e as u64 * self.stride();
+        let mut done = 0;
+        while done < bytes.len() {
+            match self.sources[layer].read_at(&mut bytes[done..], offset + done as u64) {
+                Ok(0) => bail!("{}: short read ({done} of {} bytes): the file was truncated", what(), bytes.len()),
+                Ok(n) => done += n,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err).with_context(|| format!("reading {}", what())),
+            }
+        }
+        if xxhash_rust::xxh3::xxh3_64(bytes) != self.checksums[layer][e] {
+            bail!("{}: checksum mismatch: the file changed since it was written", what());
+        }
+        self.counters.disk_reads.fetch_add(1, Relaxed);
+        self.counters.bytes_read.fetch_add(bytes.len() as u64, Relaxed);
+        Ok(record)
+    }
+
+    fn stride(&self) -> u64 {
+        (self.record_bytes as u64).next_multiple_of(crate::format::ALIGN)
+    }
+
+    /// One record's gate, up and down matrices, viewed in place.
+    pub fn expert_weights(&self, record: &Arc<Record>) -> Result<ExpertWeights> {
+        let bytes: crate::tensor::Bytes = record.clone();
+        let part = |name: &str| entry_matrix(&self.components[name], &bytes, 0);
+        Ok(ExpertWeights { gate: part("gate")?, up: part("up")?, down: part("down")? })
+    }
+}
+
+/// Parses a size: bytes, or with a K/M/G/T suffix (powers of 1024), e.g. `4G`, `512M`, `1.5G`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&t[..i], t[i..].to_ascii_uppercase()),
+        None => (t, String::new()),
+    };
+    let scale: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("`{text}`: unknown unit (use K, M, G or T)")),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("`{text}` is not a size such as 4G or 512M"))?;
+    if !(value >= 0.0 && value.is_finite()) {
+        return Err(format!("`{text}` is not a size such as 4G or 512M"));
+    }
+    Ok((value * scale as f64) as u64)
+}

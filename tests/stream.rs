@@ -1,0 +1,199 @@
+//! Expert streaming (floe::store, gpu/stream.rs): a streamed model computes exactly what the resident one does,
+//! at every cache budget down to the minimum, on the CPU and the GPU; I/O failures stop a generation with a
+//! clear error.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use floe::backend::Backend;
+use floe::format::FloeModel;
+use floe::model::{LoadOptions, Logits, Model};
+use floe::store::{CachePolicy, ExpertStore, RecordSource, StreamOptions};
+
+/// Fixtures converted to floe models: quantized with a shared expert (fused on the GPU), and float without one.
+const MODELS: [&str; 2] = ["qwen35_moe_mlx_4bit", "qwen3_moe"];
+
+fn convert(name: &str, tmp: &Path) -> PathBuf {
+    let dst = tmp.join(name);
+    let out = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .env("FLOE_NO_PROGRESS", "1")
+        .args(["convert", fixture(name).to_str().unwrap(), dst.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "convert: {}", String::from_utf8_lossy(&out.stderr));
+    dst
+}
+
+fn streamed(dir: &Path, ram_bytes: u64, gpu_bytes: u64, policy: CachePolicy) -> Model {
+    let stream = StreamOptions { ram_bytes, gpu_bytes, policy };
+    Model::load_with(dir, &LoadOptions { k: None, stream: Some(stream) }).unwrap()
+}
+
+/// Logits of every position: a prefill of all but the last three tokens, then three decode steps, twice over
+/// (a second sequence finds the caches warm).
+fn run<B: Backend>(model: &Model<B>, tokens: &[u32]) -> Vec<f32> {
+    let prefill = tokens.len() - 3;
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let mut state = model.new_state().unwrap();
+        out.extend(model.forward(&tokens[..prefill], &mut state, Logits::All).unwrap());
+        for &t in &tokens[prefill..] {
+            out.extend(model.forward(&[t], &mut state, Logits::All).unwrap());
+        }
+    }
+    out
+}
+
+/// A prompt long enough that its prefill routes to every expert (more than the smallest caches hold).
+fn prompt(model: &Model) -> Vec<u32> {
+    (0..24).map(|i| (i * 37 + 5) % model.config.vocab_size as u32).collect()
+}
+
+fn record_bytes(dir: &Path) -> u64 {
+    FloeModel::open(dir).unwrap().manifest.experts.record_bytes
+}
+
+#[test]
+fn streamed_logits_equal_resident_logits_bit_for_bit_on_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in MODELS {
+        let dir = convert(name, tmp.path());
+        let resident = Model::load(&dir).unwrap();
+        let tokens = prompt(&resident);
+        let expected = run(&resident, &tokens);
+        let (record, k) = (record_bytes(&dir), resident.config.experts_per_token as u64);
+        let budgets = [
+            (0, CachePolicy::Os),
+            (k * record, CachePolicy::Lru),
+            ((k + 1) * record, CachePolicy::Lfu),
+            (1 << 30, CachePolicy::Lru),
+        ];
+        for (ram, policy) in budgets {
+            let model = streamed(&dir, ram, 0, policy);
+            assert!(run(&model, &tokens) == expected, "{name}: streamed with {ram} bytes of {policy:?} cache differs");
+            let stats = model.store.as_ref().unwrap().stats();
+            assert!(stats.disk_reads > 0, "{name}: nothing was read");
+            if ram == 1 << 30 {
+                let all = (model.config.num_experts * model.config.num_layers()) as u64;
+                assert!(stats.disk_reads <= all, "{name}: with every expert cached, each is read once ({stats:?})");
+            }
+        }
+        let small = StreamOptions { ram_bytes: k * record - 1, gpu_bytes: 0, policy: CachePolicy::Lru };
+        let err = Model::load_with(&dir, &LoadOptions { k: None, stream: Some(small) }).err().unwrap();
+        let min = format!("need at least {} bytes", k * record);
+        assert!(err.to_string().contains(&min), "{err}");
+    }
+}
+
+#[test]
+fn streamed_logits_equal_resident_logits_bit_for_bit_on_the_gpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in MODELS {
+        let dir = convert(name, tmp.path());
+        let Some(device) = gpu() else { return };
+        let resident = Model::load(&dir).unwrap().to_backend(device).unwrap();
+        let tokens = prompt(&Model::load(&dir).unwrap());
+        let expected = run(&resident, &tokens);
+        let slot = record_bytes(&dir).next_multiple_of(256);
+        let k = resident.config.experts_per_token as u64;
+        let every = (resident.config.num_experts * resident.config.num_layers()) as u64;
+        for (slots, policy) in [(k, CachePolicy::Lru), (k + 1, CachePolicy::Lfu), (3 * k, CachePolicy::Os), (every, CachePolicy::Lru)] {
+            let host = streamed(&dir, 0, slots * slot, policy);
+            let gpu = gpu().unwrap();
+            gpu.set_expert_memory(slots * slot, policy);
+            let model = host.to_backend(gpu).unwrap();
+            let got = run(&model, &tokens);
+            let err = relative_error(&got, &expected);
+            assert!(got == expected, "{name}: streamed through {slots} GPU slots ({policy:?}) differs by {err:.2e}");
+            if slots == every {
+                let stats = model.store.as_ref().unwrap().stats();
+                assert!(stats.disk_reads <= every, "{name}: with every expert in GPU slots, each is read once ({stats:?})");
+            }
+        }
+        let host = streamed(&dir, 0, 0, CachePolicy::Lru);
+        let gpu = gpu().unwrap();
+        gpu.set_expert_memory(k * slot - 1, CachePolicy::Lru);
+        let err = host.to_backend(gpu).err().unwrap().to_string();
+        assert!(err.contains(&format!("need at least {} bytes", k * slot)), "{err}");
+    }
+}
+
+/// A source that fails every read after the first `good` ones.
+struct Failing {
+    file: std::fs::File,
+    good: std::sync::atomic::AtomicUsize,
+}
+
+impl RecordSource for Failing {
+    fn read_at(&self, dst: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        if self.good.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        self.file.read_at(dst, offset)
+    }
+}
+
+fn forward(model: &Model, tokens: &[u32]) -> anyhow::Result<Vec<f32>> {
+    model.forward(tokens, &mut model.new_state()?, Logits::Last)
+}
+
+#[test]
+fn io_errors_short_reads_and_changed_files_stop_the_generation_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = convert("qwen35_moe_mlx_4bit", tmp.path());
+    let floe_model = FloeModel::open(&dir).unwrap();
+    let options = StreamOptions { ram_bytes: 0, gpu_bytes: 0, policy: CachePolicy::Os };
+    let tokens = [1, 2, 3];
+
+    // EIO on layer 1.
+    let sources: Vec<Box<dyn RecordSource>> = floe_model
+        .manifest
+        .experts
+        .files
+        .iter()
+        .enumerate()
+        .map(|(layer, f)| -> Box<dyn RecordSource> {
+            let file = std::fs::File::open(dir.join(f)).unwrap();
+            let good = if layer == 1 { 0 } else { usize::MAX };
+            Box::new(Failing { file, good: good.into() })
+        })
+        .collect();
+    let store = Arc::new(ExpertStore::with_sources(&floe_model, 2, sources, &options).unwrap());
+    let weights = floe_model.streamed_weights(store.clone()).unwrap();
+    let model = Model { config: floe_model.manifest.config.clone(), weights, backend: floe::cpu::Cpu, store: Some(store) };
+    let err = format!("{:#}", forward(&model, &tokens).unwrap_err());
+    assert!(err.contains("layer 1") && err.contains("Input/output error"), "{err}");
+
+    // An expert file changed under the engine, then truncated.
+    let model = streamed(&dir, 0, 0, CachePolicy::Os);
+    forward(&model, &tokens).unwrap();
+    let path = dir.join(&floe_model.manifest.experts.files[2]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in bytes.iter_mut().step_by(97) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let err = format!("{:#}", forward(&model, &tokens).unwrap_err());
+    assert!(err.contains("of layer 2") && err.contains("checksum mismatch"), "{err}");
+    std::fs::File::options().write(true).open(&path).unwrap().set_len(100).unwrap();
+    let err = format!("{:#}", forward(&model, &tokens).unwrap_err());
+    assert!(err.contains("of layer 2") && err.contains("short read"), "{err}");
+}
+
+/// The host cache never holds more than its budget, whatever the routing asks for.
+#[test]
+fn the_host_cache_stays_within_its_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = convert("qwen35_moe_mlx_4bit", tmp.path());
+    let record = record_bytes(&dir);
+    let budget = 3 * record + record / 2;
+    let model = streamed(&dir, budget, 0, CachePolicy::Lru);
+    run(&model, &prompt(&model));
+    let store = model.store.as_ref().unwrap();
+    assert!(store.cached_bytes() <= budget, "{} bytes cached for a budget of {budget}", store.cached_bytes());
+    assert_eq!(store.cached_bytes(), 3 * record, "the cache fills to its budget");
+}
