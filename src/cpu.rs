@@ -164,10 +164,11 @@ impl Backend for Cpu {
             HostExperts::Resident(all) => needed.iter().for_each(|&e| run(e, &all[e])),
             HostExperts::Streamed(s) => {
                 for batch in needed.chunks(STREAM_BATCH.max(k)) {
-                    let records = s.store.records(s.layer, batch)?;
+                    let records = s.store.fetch(s.layer, batch, |_, _| ())?;
                     for (&e, record) in batch.iter().zip(&records) {
                         run(e, &s.store.expert_weights(record)?);
                     }
+                    s.store.recycle(records);
                 }
             }
         }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::hash::Hash;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -20,6 +21,9 @@ use rayon::prelude::*;
 
 use crate::format::{entry_matrix, FloeModel, TensorEntry};
 use crate::weights::ExpertWeights;
+
+/// Spare records kept for reuse (a layer's misses at most, in practice).
+const SPARE_RECORDS: usize = 64;
 
 /// Which records a cache gives up when it is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -88,12 +92,33 @@ impl<K: Copy + Eq + Hash> Cache<K> {
     }
 }
 
-/// One expert record in host memory, 8-byte aligned so its matrices are read in place.
-pub struct Record(Vec<u64>);
+/// A 4 KiB page: records are held in whole pages, aligned for O_DIRECT reads.
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+/// One expert record in host memory (page-aligned, so its matrices are read in place and O_DIRECT can fill it).
+pub struct Record {
+    pages: Vec<Page>,
+    len: usize,
+}
+
+impl Record {
+    fn new(len: usize) -> Record {
+        Record { pages: vec![Page([0; 4096]); len.div_ceil(4096)], len }
+    }
+
+    /// The whole pages (what an O_DIRECT read fills: a multiple of the block size).
+    fn pages_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `Page` is plain bytes; the slice covers exactly the vector's pages.
+        unsafe { std::slice::from_raw_parts_mut(self.pages.as_mut_ptr().cast::<u8>(), self.pages.len() * 4096) }
+    }
+}
 
 impl AsRef<[u8]> for Record {
     fn as_ref(&self) -> &[u8] {
-        bytemuck::cast_slice(&self.0)
+        // SAFETY: as in `pages_mut`; `len` is at most the pages' bytes.
+        unsafe { std::slice::from_raw_parts(self.pages.as_ptr().cast::<u8>(), self.len) }
     }
 }
 
@@ -190,6 +215,8 @@ pub struct ExpertStore {
     pub components: BTreeMap<String, TensorEntry>,
     checksums: Vec<Vec<u64>>,
     ram: Mutex<RamCache>,
+    /// Records no longer used, for the next reads.
+    spare: Mutex<Vec<Record>>,
     pub counters: StreamCounters,
     /// The budgets and policy it was opened with (the GPU backend sizes its slots from them).
     pub options: StreamOptions,
@@ -203,16 +230,16 @@ pub struct StreamedLayer {
 }
 
 impl ExpertStore {
-    /// The store of a floe model's expert files, each opened once (`pread` needs no seek and no lock).
+    /// The store of a floe model's expert files, each opened once (`pread` needs no seek and no lock). With a
+    /// host cache of its own (policy lru or lfu) it reads around the OS page cache (O_DIRECT on Linux, F_NOCACHE
+    /// on macOS), so records are not cached twice; with policy `os` the page cache is the host cache.
     pub fn open(model: &FloeModel, k: usize, options: &StreamOptions) -> Result<ExpertStore> {
         let ex = &model.manifest.experts;
+        let direct = options.policy != CachePolicy::Os;
         let sources = ex
             .files
             .iter()
-            .map(|f| -> Result<Box<dyn RecordSource>> {
-                let path = model.dir.join(f);
-                Ok(Box::new(File::open(&path).with_context(|| format!("cannot open {}", path.display()))?))
-            })
+            .map(|f| -> Result<Box<dyn RecordSource>> { Ok(Box::new(open_expert_file(&model.dir.join(f), direct)?)) })
             .collect::<Result<Vec<_>>>()?;
         ExpertStore::with_sources(model, k, sources, options)
     }
@@ -252,6 +279,7 @@ impl ExpertStore {
             components: ex.components.clone(),
             checksums,
             ram: Mutex::new(RamCache { cache: Cache::new(capacity, options.policy), records: vec![None; capacity] }),
+            spare: Mutex::new(Vec::new()),
             counters: StreamCounters::default(),
             options: *options,
         })
@@ -281,8 +309,9 @@ impl ExpertStore {
     }
 
     /// The records of `experts` of `layer`, in that order: from the host cache, the rest read from disk in
-    /// parallel (one pread each) and kept in the cache as its policy decides.
-    pub fn records(&self, layer: usize, experts: &[usize]) -> Result<Vec<Arc<Record>>> {
+    /// parallel (one pread each) and kept in the cache as its policy decides. `sink(i, bytes)` sees each record
+    /// as soon as it is there, on the reading thread (the GPU copies it into its staging buffer then).
+    pub fn fetch(&self, layer: usize, experts: &[usize], sink: impl Fn(usize, &[u8]) + Sync) -> Result<Vec<Arc<Record>>> {
         let mut found: Vec<Option<Arc<Record>>> = vec![None; experts.len()];
         {
             let mut ram = self.ram.lock().unwrap();
@@ -296,23 +325,40 @@ impl ExpertStore {
                 }
             }
         }
-        let missing: Vec<usize> = (0..experts.len()).filter(|&i| found[i].is_none()).collect();
         let start = Instant::now();
-        let read: Vec<Arc<Record>> =
-            missing.par_iter().map(|&i| self.read(layer, experts[i]).map(Arc::new)).collect::<Result<_>>()?;
+        let records: Vec<Arc<Record>> = found
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, hit)| {
+                let record = match hit {
+                    Some(r) => r,
+                    None => Arc::new(self.read(layer, experts[i])?),
+                };
+                sink(i, (*record).as_ref());
+                Ok(record)
+            })
+            .collect::<Result<_>>()?;
         self.counters.read_nanos.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
         let mut ram = self.ram.lock().unwrap();
-        let RamCache { cache, records } = &mut *ram;
-        for (&i, record) in missing.iter().zip(read) {
-            if cache.capacity() > 0 {
-                // Records of this call are not pinned: the caller holds them (Arc) whatever the cache drops.
-                if let Some(s) = cache.insert((layer, experts[i]), &[]) {
-                    records[s] = Some(record.clone());
+        let RamCache { cache, records: held } = &mut *ram;
+        if cache.capacity() > 0 {
+            for (record, &e) in records.iter().zip(experts) {
+                if cache.get((layer, e)).is_none() {
+                    // Records of this call are not pinned: the caller holds them (Arc) whatever the cache drops.
+                    if let Some(s) = cache.insert((layer, e), &[]) {
+                        held[s] = Some(record.clone());
+                    }
                 }
             }
-            found[i] = Some(record);
         }
-        Ok(found.into_iter().map(|r| r.expect("every record found or read")).collect())
+        Ok(records)
+    }
+
+    /// Gives records back after use: those no cache holds are reused for later reads (no allocation per read).
+    pub fn recycle(&self, records: Vec<Arc<Record>>) {
+        let mut spare = self.spare.lock().unwrap();
+        let room = SPARE_RECORDS.saturating_sub(spare.len());
+        spare.extend(records.into_iter().filter_map(|r| Arc::try_unwrap(r).ok()).take(room));
     }
 
     /// Expert `e` of `layer` from its file, checked against the manifest.
@@ -321,23 +367,28 @@ impl ExpertStore {
         if e >= self.num_experts {
             bail!("{}: no such expert (the model has {})", what(), self.num_experts);
         }
-        let mut record = Record(vec![0u64; self.record_bytes.div_ceil(8)]);
-        let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut record.0)[..self.record_bytes];
+        let mut record = self.spare.lock().unwrap().pop().unwrap_or_else(|| Record::new(self.record_bytes));
+        // Whole pages: O_DIRECT reads a multiple of the block size (records are padded to their 4 KiB stride).
+        let want = self.stride() as usize;
+        let bytes = &mut record.pages_mut()[..want];
         let offset = e as u64 * self.stride();
         let mut done = 0;
-        while done < bytes.len() {
+        while done < want {
             match self.sources[layer].read_at(&mut bytes[done..], offset + done as u64) {
-                Ok(0) => bail!("{}: short read ({done} of {} bytes): the file was truncated", what(), bytes.len()),
+                Ok(0) => break,
                 Ok(n) => done += n,
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(err).with_context(|| format!("reading {}", what())),
             }
         }
-        if xxhash_rust::xxh3::xxh3_64(bytes) != self.checksums[layer][e] {
+        if done < self.record_bytes {
+            bail!("{}: short read ({done} of {} bytes): the file was truncated", what(), self.record_bytes);
+        }
+        if xxhash_rust::xxh3::xxh3_64(&bytes[..self.record_bytes]) != self.checksums[layer][e] {
             bail!("{}: checksum mismatch: the file changed since it was written", what());
         }
         self.counters.disk_reads.fetch_add(1, Relaxed);
-        self.counters.bytes_read.fetch_add(bytes.len() as u64, Relaxed);
+        self.counters.bytes_read.fetch_add(self.record_bytes as u64, Relaxed);
         Ok(record)
     }
 
@@ -351,6 +402,34 @@ impl ExpertStore {
         let part = |name: &str| entry_matrix(&self.components[name], &bytes, 0);
         Ok(ExpertWeights { gate: part("gate")?, up: part("up")?, down: part("down")? })
     }
+}
+
+/// Opens an expert file for reading; `direct`: bypassing the page cache where the OS and file system allow it.
+fn open_expert_file(path: &Path, direct: bool) -> Result<File> {
+    let open = |flags: i32| {
+        let _ = flags; // only Linux passes flags at open
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(target_os = "linux")]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, flags);
+        options.open(path)
+    };
+    #[cfg(target_os = "linux")]
+    if direct {
+        // Not every file system takes O_DIRECT (tmpfs does not): then read through the page cache.
+        if let Ok(file) = open(libc::O_DIRECT) {
+            return Ok(file);
+        }
+    }
+    let file = open(0).with_context(|| format!("cannot open {}", path.display()))?;
+    #[cfg(target_os = "macos")]
+    if direct {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a descriptor this function owns.
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_NOCACHE, 1) };
+    }
+    let _ = direct;
+    Ok(file)
 }
 
 /// Parses a size: bytes, or with a K/M/G/T suffix (powers of 1024), e.g. `4G`, `512M`, `1.5G`.

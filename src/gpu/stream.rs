@@ -182,10 +182,9 @@ impl Gpu {
         Ok((end - first, slot_ids))
     }
 
-    /// Fetches `misses` (expert, cache slot) from the store and copies them into their slots via staging.
+    /// Fetches `misses` (expert, cache slot) from the store and copies them into their slots via staging: each
+    /// record is written into the mapped staging buffer by the thread that read it, in parallel.
     fn upload_records(&self, slots: &ExpertSlots, pool: &SlotPool, layer: usize, misses: &[(usize, usize)]) -> Result<()> {
-        let experts: Vec<usize> = misses.iter().map(|&(e, _)| e).collect();
-        let records = slots.store.records(layer, &experts)?;
         let staging = &slots.staging;
         if !staging.mapped.load(Acquire) {
             // Its last copies must have run: submit them if still recorded, then wait for the mapping.
@@ -194,21 +193,40 @@ impl Gpu {
             self.syncs.set(self.syncs.get() + 1);
             ensure!(staging.mapped.load(Acquire), "the expert staging buffer did not map");
         }
-        let stride = slots.stride as usize;
+        let (stride, bytes) = (slots.stride as usize, slots.store.record_bytes);
+        let experts: Vec<usize> = misses.iter().map(|&(e, _)| e).collect();
         {
             let mut view = staging.buffer.slice(..).get_mapped_range_mut().map_err(|e| anyhow!("expert staging: {e}"))?;
-            for (i, record) in records.iter().enumerate() {
-                let bytes = &(**record).as_ref()[..slots.store.record_bytes];
-                view.slice(i * stride..i * stride + bytes.len()).copy_from_slice(bytes);
-            }
+            let mut whole = view.slice(..);
+            let base = MappedPtr(whole.as_raw_element_ptr().as_ptr());
+            let records = slots.store.fetch(layer, &experts, |i, record| {
+                assert!(record.len() == bytes && (i + 1) * stride <= staging.records * stride);
+                // SAFETY: region i of the mapped staging buffer, written by this call only (each i once); the
+                // mapping outlives the fetch. Written, never read (the memory may be write-combined).
+                unsafe { std::ptr::copy_nonoverlapping(record.as_ptr(), base.at(i * stride), bytes) };
+            })?;
+            slots.store.recycle(records);
         }
         staging.buffer.unmap();
         staging.mapped.store(false, Release);
         for (i, &(_, slot)) in misses.iter().enumerate() {
             let dst = (pool.reserved + slot) as u64 * slots.stride;
-            self.copy(&staging.buffer, (i * stride) as u64, &pool.buf, dst, slots.store.record_bytes as u64);
+            self.copy(&staging.buffer, (i * stride) as u64, &pool.buf, dst, bytes as u64);
         }
         self.remap_after_submit(&staging.buffer, &staging.mapped);
         Ok(())
+    }
+}
+
+/// The start of a mapped buffer, shared by the threads that write disjoint parts of it.
+struct MappedPtr(*mut u8);
+
+// SAFETY: the threads write disjoint ranges (see upload_records).
+unsafe impl Sync for MappedPtr {}
+
+impl MappedPtr {
+    fn at(&self, offset: usize) -> *mut u8 {
+        // SAFETY: callers stay within the mapping.
+        unsafe { self.0.add(offset) }
     }
 }
