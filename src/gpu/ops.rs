@@ -319,6 +319,10 @@ impl Backend for Gpu {
             let slot_ids = self.upload("expert slots of a layer", bytemuck::cast_slice(&slot_ids))?;
             self.expert_kernels(x, &slot_ids, r.k, e, first..first + covered, &act, &out);
             first += covered;
+            if first < pairs {
+                // The GPU copies and computes this chunk while the next one is read.
+                self.flush();
+            }
         }
         Ok(out)
     }
