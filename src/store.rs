@@ -263,7 +263,7 @@ impl ExpertStore {
             CachePolicy::Os => 0,
             _ => (options.ram_bytes / ex.record_bytes.max(1)) as usize,
         };
-        if capacity > 0 && capacity < k {
+        if options.policy != CachePolicy::Os && options.ram_bytes > 0 && capacity < k {
             bail!(
                 "--ram-mem {} holds {capacity} expert records; one layer's {k} experts need at least {} bytes",
                 options.ram_bytes,

@@ -197,3 +197,44 @@ fn the_host_cache_stays_within_its_budget() {
     assert!(store.cached_bytes() <= budget, "{} bytes cached for a budget of {budget}", store.cached_bytes());
     assert_eq!(store.cached_bytes(), 3 * record, "the cache fills to its budget");
 }
+
+fn floe(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_floe")).env("FLOE_NO_PROGRESS", "1").args(args).output().unwrap()
+}
+
+/// The streaming flags as a user meets them: reports, and one clear error line for a budget below the minimum or a
+/// checkpoint that cannot stream.
+#[test]
+fn streaming_flags_on_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = convert("qwen35_moe_mlx_4bit", tmp.path());
+    let d = dir.to_str().unwrap();
+    let out = floe(&["bench", "--model", d, "--io-only", "--json", "--gen-tokens", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["expert_bytes_read"].as_u64().unwrap(), 3 * 4 * 2 * record_bytes(&dir));
+
+    let args = ["bench", "--model", d, "--json", "--prompt-tokens", "8", "--gen-tokens", "4", "--backend", "cpu"];
+    let out = floe(&[&args[..], &["--cache", "lfu", "--ram-mem", "1M"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["streamed"], true);
+    assert!(report["expert_bytes_read"].as_u64().unwrap() > 0 && report["ram_cache_hit_rate"].as_f64().is_some());
+
+    let npy = tmp.path().join("x.npy");
+    let logits = ["logits", "--model", d, "--tokens", "1,2", "--out", npy.to_str().unwrap()];
+    let out = floe(&[&logits[..], &["--k", "1", "--stream", "--backend", "cpu"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("--k 1 is below the model's 2 experts per token"), "{stderr}");
+
+    let out = floe(&[&logits[..], &["--cache", "lru", "--ram-mem", "1K"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.lines().count() == 1 && stderr.contains("need at least"), "{stderr}");
+    let out = floe(&[&logits[..], &["--k", "9"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--k 9 must be between 1 and the model's 8 experts"), "{stderr}");
+    let hf = fixture("qwen3_moe");
+    let out = floe(&["logits", "--model", hf.to_str().unwrap(), "--tokens", "1", "--out", npy.to_str().unwrap(), "--stream"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("run `floe convert"), "{stderr}");
+}
