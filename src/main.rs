@@ -74,6 +74,9 @@ struct BenchArgs {
     /// cache, no compute): the disk bound of this model's access pattern.
     #[arg(long)]
     io_only: bool,
+    /// Also print expert streaming per layer over the decode (hits, bytes, read and routing wait times).
+    #[arg(long)]
+    timing: bool,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -376,7 +379,7 @@ impl Job for Generate {
         let args = self.args;
         let mut stdout = std::io::stdout();
         let before = model.backend.counters();
-        let io_before = model.store.as_ref().map(|s| s.stats());
+        let io_before = model.store.as_ref().map(|s| s.layer_stats());
         let stats = generate::generate(model, &self.tokenizer, &args.prompt, args.tokens, &self.sampling, |text| {
             let _ = stdout.write_all(text.as_bytes());
             let _ = stdout.flush();
@@ -399,9 +402,7 @@ impl Job for Generate {
                 (used.syncs - before.syncs) as f64 / calls
             );
             if let (Some(store), Some(io_before)) = (&model.store, io_before) {
-                let io = store.stats().since(&io_before);
-                let secs = (stats.time_to_first_token + stats.decode_time).as_secs_f64();
-                eprintln!("floe: experts streamed: {}", describe_io(&io, calls, secs));
+                eprint!("{}", layer_table(model, store, &io_before, calls));
             }
         }
         Ok(())
@@ -473,6 +474,7 @@ impl Job for Bench {
         let ttft = start.elapsed().as_secs_f64();
         let prefill_io = streamed().since(&at_start);
         let (before, at_decode) = (model.backend.counters(), streamed());
+        let layers_at_decode = model.store.as_ref().map(|s| s.layer_stats());
         let start = Instant::now();
         for _ in 0..args.gen_tokens {
             next = model.forward_greedy(&[next], &mut state)?;
@@ -512,6 +514,9 @@ impl Job for Bench {
             if model.store.is_some() {
                 println!("streaming: prefill read {:.2} GB; decode {}", prefill_io.bytes_read as f64 / 1e9, describe_io(&io, n, decode));
             }
+            if let (true, Some(store), Some(before)) = (args.timing, &model.store, &layers_at_decode) {
+                print!("{}", layer_table(model, store, before, n));
+            }
         }
         Ok(())
     }
@@ -548,6 +553,42 @@ fn bench_io(args: &BenchArgs) -> Result<()> {
         println!("expert reads only: {} tokens × {layers} layers × K={k}: {gb_s:.2} GB/s, {ms_per_layer:.2} ms per layer, {tok_s:.2} tok/s", args.gen_tokens);
     }
     Ok(())
+}
+
+/// Expert streaming per layer since `before`, averaged over `calls` forward calls.
+fn layer_table<B: Backend>(model: &Model<B>, store: &floe::store::ExpertStore, before: &[floe::store::StreamStats], calls: f64) -> String {
+    let pct = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.0}%", r * 100.0));
+    let mut out = format!(
+        "floe: expert streaming per forward call, by layer\n{:>5} {:9} {:>8} {:>8} {:>10} {:>9} {:>11}\n",
+        "layer", "mixer", "GPU hit", "RAM hit", "MB read", "read ms", "route wait"
+    );
+    let mut total = floe::store::StreamStats::default();
+    for (layer, (now, then)) in store.layer_stats().iter().zip(before).enumerate() {
+        let d = now.since(then);
+        let mixer = match model.config.layer_types[layer] {
+            floe::config::LayerType::FullAttention => "attention",
+            floe::config::LayerType::LinearAttention => "linear",
+        };
+        out += &format!(
+            "{layer:>5} {mixer:9} {:>8} {:>8} {:>10.1} {:>9.2} {:>8.2} ms\n",
+            pct(d.device_hit_rate()),
+            pct(d.ram_hit_rate()),
+            d.bytes_read as f64 / 1e6 / calls,
+            d.read_seconds * 1e3 / calls,
+            d.route_wait_seconds * 1e3 / calls
+        );
+        total = total.plus(&d);
+    }
+    out += &format!(
+        "{:>5} {:9} {:>8} {:>8} {:>10.1} {:>9.2} {:>8.2} ms\n",
+        "all", "",
+        pct(total.device_hit_rate()),
+        pct(total.ram_hit_rate()),
+        total.bytes_read as f64 / 1e6 / calls,
+        total.read_seconds * 1e3 / calls,
+        total.route_wait_seconds * 1e3 / calls
+    );
+    out
 }
 
 /// Expert streaming over `tokens` tokens taking `secs`: bytes read per token, disk rate, cache hit rates.

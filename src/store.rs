@@ -137,9 +137,11 @@ impl RecordSource for File {
     }
 }
 
-/// What streaming did since the model was loaded (all counters only grow).
+/// What streaming did in one layer since the model was loaded (all counters only grow).
 #[derive(Default)]
 pub struct StreamCounters {
+    /// Time spent waiting for the router's choices to come back from the GPU (nanoseconds).
+    pub route_wait_nanos: AtomicU64,
     /// Expert lookups in the backend's own cache (GPU slots) and how many found the expert there.
     pub device_lookups: AtomicU64,
     pub device_hits: AtomicU64,
@@ -155,6 +157,7 @@ pub struct StreamCounters {
 /// A copy of [`StreamCounters`] at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StreamStats {
+    pub route_wait_seconds: f64,
     pub device_lookups: u64,
     pub device_hits: u64,
     pub ram_lookups: u64,
@@ -168,6 +171,7 @@ impl StreamStats {
     /// What happened between `earlier` and this.
     pub fn since(&self, earlier: &StreamStats) -> StreamStats {
         StreamStats {
+            route_wait_seconds: self.route_wait_seconds - earlier.route_wait_seconds,
             device_lookups: self.device_lookups - earlier.device_lookups,
             device_hits: self.device_hits - earlier.device_hits,
             ram_lookups: self.ram_lookups - earlier.ram_lookups,
@@ -184,6 +188,34 @@ impl StreamStats {
 
     pub fn ram_hit_rate(&self) -> Option<f64> {
         (self.ram_lookups > 0).then(|| self.ram_hits as f64 / self.ram_lookups as f64)
+    }
+
+    /// Both together.
+    pub fn plus(mut self, o: &StreamStats) -> StreamStats {
+        self.route_wait_seconds += o.route_wait_seconds;
+        self.device_lookups += o.device_lookups;
+        self.device_hits += o.device_hits;
+        self.ram_lookups += o.ram_lookups;
+        self.ram_hits += o.ram_hits;
+        self.disk_reads += o.disk_reads;
+        self.bytes_read += o.bytes_read;
+        self.read_seconds += o.read_seconds;
+        self
+    }
+}
+
+impl StreamCounters {
+    fn stats(&self) -> StreamStats {
+        StreamStats {
+            route_wait_seconds: self.route_wait_nanos.load(Relaxed) as f64 * 1e-9,
+            device_lookups: self.device_lookups.load(Relaxed),
+            device_hits: self.device_hits.load(Relaxed),
+            ram_lookups: self.ram_lookups.load(Relaxed),
+            ram_hits: self.ram_hits.load(Relaxed),
+            disk_reads: self.disk_reads.load(Relaxed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            read_seconds: self.read_nanos.load(Relaxed) as f64 * 1e-9,
+        }
     }
 }
 
@@ -217,7 +249,8 @@ pub struct ExpertStore {
     ram: Mutex<RamCache>,
     /// Records no longer used, for the next reads.
     spare: Mutex<Vec<Record>>,
-    pub counters: StreamCounters,
+    /// Per layer.
+    pub counters: Vec<StreamCounters>,
     /// The budgets and policy it was opened with (the GPU backend sizes its slots from them).
     pub options: StreamOptions,
 }
@@ -280,7 +313,7 @@ impl ExpertStore {
             checksums,
             ram: Mutex::new(RamCache { cache: Cache::new(capacity, options.policy), records: vec![None; capacity] }),
             spare: Mutex::new(Vec::new()),
-            counters: StreamCounters::default(),
+            counters: (0..ex.files.len()).map(|_| StreamCounters::default()).collect(),
             options: *options,
         })
     }
@@ -295,17 +328,14 @@ impl ExpertStore {
         self.sources.len()
     }
 
+    /// All layers together.
     pub fn stats(&self) -> StreamStats {
-        let c = &self.counters;
-        StreamStats {
-            device_lookups: c.device_lookups.load(Relaxed),
-            device_hits: c.device_hits.load(Relaxed),
-            ram_lookups: c.ram_lookups.load(Relaxed),
-            ram_hits: c.ram_hits.load(Relaxed),
-            disk_reads: c.disk_reads.load(Relaxed),
-            bytes_read: c.bytes_read.load(Relaxed),
-            read_seconds: c.read_nanos.load(Relaxed) as f64 * 1e-9,
-        }
+        self.counters.iter().fold(StreamStats::default(), |sum, c| sum.plus(&c.stats()))
+    }
+
+    /// Each layer's.
+    pub fn layer_stats(&self) -> Vec<StreamStats> {
+        self.counters.iter().map(|c| c.stats()).collect()
     }
 
     /// The records of `experts` of `layer`, in that order: from the host cache, the rest read from disk in
@@ -317,9 +347,9 @@ impl ExpertStore {
             let mut ram = self.ram.lock().unwrap();
             if ram.cache.capacity() > 0 {
                 for (slot, &e) in found.iter_mut().zip(experts) {
-                    self.counters.ram_lookups.fetch_add(1, Relaxed);
+                    self.counters[layer].ram_lookups.fetch_add(1, Relaxed);
                     if let Some(s) = ram.cache.get((layer, e)) {
-                        self.counters.ram_hits.fetch_add(1, Relaxed);
+                        self.counters[layer].ram_hits.fetch_add(1, Relaxed);
                         *slot = ram.records[s].clone();
                     }
                 }
@@ -338,7 +368,7 @@ impl ExpertStore {
                 Ok(record)
             })
             .collect::<Result<_>>()?;
-        self.counters.read_nanos.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
+        self.counters[layer].read_nanos.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
         let mut ram = self.ram.lock().unwrap();
         let RamCache { cache, records: held } = &mut *ram;
         if cache.capacity() > 0 {
@@ -387,8 +417,8 @@ impl ExpertStore {
         if xxhash_rust::xxh3::xxh3_64(&bytes[..self.record_bytes]) != self.checksums[layer][e] {
             bail!("{}: checksum mismatch: the file changed since it was written", what());
         }
-        self.counters.disk_reads.fetch_add(1, Relaxed);
-        self.counters.bytes_read.fetch_add(self.record_bytes as u64, Relaxed);
+        self.counters[layer].disk_reads.fetch_add(1, Relaxed);
+        self.counters[layer].bytes_read.fetch_add(self.record_bytes as u64, Relaxed);
         Ok(record)
     }
 

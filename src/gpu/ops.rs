@@ -312,7 +312,10 @@ impl Backend for Gpu {
         };
         // Streamed: the router's choices come back to the CPU, which makes them resident and runs the kernels on
         // slot numbers, chunk by chunk when a prefill needs more experts than there are slots.
+        let wait = std::time::Instant::now();
         let ids: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&r.ids, pairs)?);
+        let waited = wait.elapsed().as_nanos() as u64;
+        slots.store.counters[*layer].route_wait_nanos.fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
         let mut first = 0;
         while first < pairs {
             let (covered, slot_ids) = self.stage_experts(slots, *layer, &ids, r.k, e.routed, first)?;

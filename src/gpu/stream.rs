@@ -141,7 +141,7 @@ impl Gpu {
         let pool = slots.pool(layer);
         let mut cache = pool.cache.borrow_mut();
         let limit = cache.capacity().min(slots.staging[0].records);
-        let counters = &slots.store.counters;
+        let counters = &slots.store.counters[layer];
         // Tokens from `first` on, while their distinct routed experts fit the slots and the staging buffer.
         let mut chosen: Vec<usize> = Vec::new();
         let mut end = first;
