@@ -19,4 +19,5 @@ pub mod sample;
 pub mod store;
 pub mod synthetic;
 pub mod tensor;
+pub mod tool_calls;
 pub mod weights;
