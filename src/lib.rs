@@ -5,6 +5,7 @@
 //! kernels) → [`generate`] (tokens to text).
 
 pub mod backend;
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;
