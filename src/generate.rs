@@ -1,4 +1,6 @@
-//! Text generation: tokenize, prefill, decode (greedy or sampled), stream the text as it comes.
+//! Text generation: a [`Session`] holds one sequence's model state, so a conversation prefills only each new
+//! turn; [`Session::generate`] prefills text, then decodes (greedy or sampled) until an end-of-sequence token, a
+//! stop string, the token limit or the caller's cancel, streaming the text as it comes.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,64 +27,203 @@ pub fn load_tokenizer(model_dir: &Path) -> Result<Tokenizer> {
     Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: cannot load the tokenizer: {e}", path.display()))
 }
 
-pub struct Stats {
+/// The end-of-sequence ids of a model directory: generation_config.json's `eos_token_id` (an id or a list), else
+/// the model config's.
+pub fn eos_ids(model_dir: Option<&Path>, config_ids: &[u32]) -> Vec<u32> {
+    let from_generation_config = model_dir
+        .and_then(|d| std::fs::read_to_string(d.join("generation_config.json")).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| match v.get("eos_token_id")? {
+            serde_json::Value::Number(n) => Some(vec![n.as_u64()? as u32]),
+            serde_json::Value::Array(a) => a.iter().map(|n| n.as_u64().map(|n| n as u32)).collect(),
+            _ => None,
+        });
+    let mut ids = from_generation_config.unwrap_or_default();
+    for id in config_ids {
+        if !ids.contains(id) {
+            ids.push(*id);
+        }
+    }
+    ids
+}
+
+/// How to generate.
+#[derive(Clone, Debug, Default)]
+pub struct Generation {
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// Stop when the text contains one of these (the text ends before it).
+    pub stop: Vec<String>,
+    /// Close an open `<think>` after this many tokens of thinking (Qwen3.5 opens it in the prompt).
+    pub think_budget: Option<usize>,
+    /// Whether the prompt leaves the model inside `<think>` (for the budget).
+    pub thinking: bool,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The caller's `emit` returned false.
+    Cancelled,
+}
+
+impl Finish {
+    /// OpenAI's name for it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Finish::Stop | Finish::Cancelled => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+pub struct Outcome {
+    /// The generated text (without the stop string or end token).
+    pub text: String,
+    pub finish: Finish,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
     pub time_to_first_token: Duration,
     pub decode_time: Duration,
 }
 
-/// Generates up to `max_tokens` tokens after `prompt`, chosen as `sampling` says, calling `emit` with each new
-/// piece of text. Text is emitted only up to the last complete UTF-8 character, so a character split across tokens
-/// is never broken.
-pub fn generate<B: Backend>(
-    model: &Model<B>,
-    tokenizer: &Tokenizer,
-    prompt: &str,
-    max_tokens: usize,
-    sampling: &Sampling,
-    mut emit: impl FnMut(&str),
-) -> Result<Stats> {
-    let encoding = tokenizer.encode(prompt, false).map_err(|e| anyhow!("cannot tokenize the prompt: {e}"))?;
-    let prompt_ids = encoding.get_ids().to_vec();
-    if prompt_ids.is_empty() {
-        anyhow::bail!("the prompt is empty");
+/// One sequence on a model: what it has processed so far lives in `state`.
+pub struct Session<'m, B: Backend> {
+    pub model: &'m Model<B>,
+    pub tokenizer: &'m Tokenizer,
+    pub eos: Vec<u32>,
+    state: State<B>,
+    /// Tokens processed so far (the prompt and answers of every turn).
+    pub history: Vec<u32>,
+    /// A token chosen but not yet fed (the end token of the last answer: the next turn starts by feeding it).
+    pub pending: Option<u32>,
+}
+
+impl<'m, B: Backend> Session<'m, B> {
+    pub fn new(model: &'m Model<B>, tokenizer: &'m Tokenizer, eos: Vec<u32>) -> Result<Session<'m, B>> {
+        Ok(Session { model, tokenizer, eos, state: model.new_state()?, history: vec![], pending: None })
     }
-    let mut sampler = Sampler::new(sampling.clone(), &prompt_ids);
-    // Greedy decoding lets the backend pick the token (one id read back); sampling needs the logits.
-    let step = |tokens: &[u32], state: &mut State<B>, sampler: &mut Sampler| -> Result<u32> {
+
+    /// Forgets everything (a new conversation).
+    pub fn reset(&mut self) -> Result<()> {
+        self.state = self.model.new_state()?;
+        self.history.clear();
+        self.pending = None;
+        Ok(())
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.tokenizer.encode(text, false).map_err(|e| anyhow!("cannot tokenize the prompt: {e}"))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Feeds `prompt` after what the session holds, then generates, calling `emit` with each new piece of text
+    /// (only up to the last complete UTF-8 character, never part of a possible stop string); `emit` returning
+    /// false stops at once.
+    pub fn generate(&mut self, prompt: &str, g: &Generation, emit: impl FnMut(&str) -> bool) -> Result<Outcome> {
+        let ids = self.encode(prompt)?;
+        self.generate_ids(&ids, g, emit)
+    }
+
+    /// [`Session::generate`] from token ids.
+    pub fn generate_ids(&mut self, prompt: &[u32], g: &Generation, mut emit: impl FnMut(&str) -> bool) -> Result<Outcome> {
+        let mut prompt_ids: Vec<u32> = self.pending.take().into_iter().collect();
+        prompt_ids.extend_from_slice(prompt);
+        if prompt_ids.is_empty() {
+            anyhow::bail!("the prompt is empty");
+        }
+        self.model.config.check_tokens(&prompt_ids)?;
+        let mut sampler = Sampler::new(g.sampling.clone(), &[&self.history[..], &prompt_ids[..]].concat());
+        let start = Instant::now();
+        let mut next = self.step(&prompt_ids, &mut sampler).context("prefill")?;
+        self.history.extend_from_slice(&prompt_ids);
+        let time_to_first_token = start.elapsed();
+        let decode_start = Instant::now();
+        let think_close = self.encode("\n</think>\n\n")?;
+        let mut in_thought = g.thinking;
+        let mut generated: Vec<u32> = Vec::new();
+        let (mut text, mut emitted) = (String::new(), 0);
+        let mut finish = Finish::Length;
+        // Invariant: `next` is chosen but not fed; `history` holds every token fed.
+        loop {
+            if self.eos.contains(&next) {
+                // Fed at the start of the next turn, so the model sees its answer closed.
+                self.pending = Some(next);
+                finish = Finish::Stop;
+                break;
+            }
+            generated.push(next);
+            sampler.observe(next);
+            text = self.tokenizer.decode(&generated, false).map_err(|e| anyhow!("cannot decode tokens: {e}"))?;
+            if in_thought && text.contains("</think>") {
+                in_thought = false;
+            }
+            if let Some(at) = g.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(at);
+                self.pending = Some(next);
+                finish = Finish::Stop;
+                break;
+            }
+            // Hold back a tail that could begin a stop string, and a split UTF-8 character.
+            let held = g.stop.iter().map(|s| partial_suffix(&text, s)).max().unwrap_or(0);
+            let ready = text.len() - held;
+            if ready > emitted && text.is_char_boundary(ready) && !text[..ready].ends_with('\u{FFFD}') {
+                if !emit(&text[emitted..ready]) {
+                    self.pending = Some(next);
+                    finish = Finish::Cancelled;
+                    break;
+                }
+                emitted = ready;
+            }
+            if generated.len() >= g.max_tokens {
+                self.pending = Some(next);
+                break;
+            }
+            if in_thought && g.think_budget.is_some_and(|b| generated.len() >= b) {
+                // Out of thinking budget: close the thought and go on to the answer.
+                in_thought = false;
+                let forced = [&[next][..], &think_close].concat();
+                generated.extend_from_slice(&think_close);
+                next = self.step(&forced, &mut sampler).context("decode")?;
+                self.history.extend_from_slice(&forced);
+                continue;
+            }
+            next = self.step(&[next], &mut sampler).context("decode")?;
+            self.history.push(*generated.last().unwrap());
+        }
+        if finish != Finish::Cancelled && text.len() > emitted {
+            emit(&text[emitted..]);
+        }
+        let n = generated.len();
+        Ok(self.outcome(text, finish, prompt_ids.len(), n, time_to_first_token, decode_start))
+    }
+
+    fn outcome(&self, text: String, finish: Finish, prompt: usize, generated: usize, ttft: Duration, decode: Instant) -> Outcome {
+        Outcome {
+            text,
+            finish,
+            prompt_tokens: prompt,
+            generated_tokens: generated,
+            time_to_first_token: ttft,
+            decode_time: decode.elapsed(),
+        }
+    }
+
+    /// Runs `tokens` and picks the next one: greedy decoding lets the backend pick (one id read back).
+    fn step(&mut self, tokens: &[u32], sampler: &mut Sampler) -> Result<u32> {
         if sampler.is_greedy() {
-            return model.forward_greedy(tokens, state);
+            return self.model.forward_greedy(tokens, &mut self.state);
         }
-        let mut logits = model.forward(tokens, state, Logits::Last)?;
+        let mut logits = self.model.forward(tokens, &mut self.state, Logits::Last)?;
         Ok(sampler.sample(&mut logits))
-    };
-    let start = Instant::now();
-    let mut state = model.new_state()?;
-    let mut next = step(&prompt_ids, &mut state, &mut sampler).context("prefill")?;
-    let time_to_first_token = start.elapsed();
-    let mut generated: Vec<u32> = Vec::new();
-    let mut printed = 0;
-    let decode_start = Instant::now();
-    while generated.len() < max_tokens {
-        if model.config.eos_token_ids.contains(&next) {
-            break;
-        }
-        generated.push(next);
-        sampler.observe(next);
-        let text = tokenizer.decode(&generated, true).map_err(|e| anyhow!("cannot decode tokens: {e}"))?;
-        if text.len() > printed && !text.ends_with('\u{FFFD}') {
-            emit(&text[printed..]);
-            printed = text.len();
-        }
-        if generated.len() < max_tokens {
-            next = step(&[next], &mut state, &mut sampler).context("decode")?;
-        }
     }
-    Ok(Stats {
-        prompt_tokens: prompt_ids.len(),
-        generated_tokens: generated.len(),
-        time_to_first_token,
-        decode_time: decode_start.elapsed(),
-    })
+}
+
+/// The length of the longest end of `text` that is a proper beginning of `stop`.
+fn partial_suffix(text: &str, stop: &str) -> usize {
+    (1..stop.len()).rev().find(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n])).unwrap_or(0)
 }

@@ -16,6 +16,8 @@ use floe::gpu::{AdapterChoice, Gpu};
 use floe::model::{LoadOptions, Logits, Model};
 use floe::store::{CachePolicy, StreamOptions};
 use floe::quant::QuantFormat;
+use floe::chat::{ChatRequest, ChatTemplate};
+use floe::generate::{Generation, Session};
 use floe::sample::Sampling;
 use floe::tensor::Matrix;
 
@@ -45,6 +47,27 @@ enum Command {
     Bench(BenchArgs),
     /// List the GPU kernels build.rs rendered; with --dump DIR, write their WGSL sources there.
     Kernels(KernelsArgs),
+    /// Print the prompt the model's chat template makes of a conversation.
+    Template(TemplateArgs),
+}
+
+#[derive(Args)]
+struct TemplateArgs {
+    /// Model directory whose template to use (default: floe's built-in Qwen3.5 template).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A JSON file: an array of messages, or {"messages": [...], "tools": [...]}.
+    #[arg(long)]
+    messages: PathBuf,
+    /// A JSON file with an array of tools (OpenAI function schemas).
+    #[arg(long)]
+    tools: Option<PathBuf>,
+    /// Render with thinking off (enable_thinking=false).
+    #[arg(long)]
+    no_think: bool,
+    /// Leave out the assistant turn's opening.
+    #[arg(long)]
+    no_generation_prompt: bool,
 }
 
 #[derive(Args)]
@@ -215,9 +238,31 @@ struct RunArgs {
     #[arg(long)]
     timing: bool,
     #[command(flatten)]
+    chat: ChatArgs,
+    #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
     load: LoadArgs,
+}
+
+/// How the prompt becomes the model's input, and when generation stops.
+#[derive(Args)]
+struct ChatArgs {
+    /// A system prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// Answer without thinking first (Qwen3.5 thinks by default).
+    #[arg(long)]
+    no_think: bool,
+    /// End the thinking after this many tokens and go on to the answer.
+    #[arg(long)]
+    think_budget: Option<usize>,
+    /// Feed the prompt as it is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// Stop when the text contains this (may be given several times).
+    #[arg(long)]
+    stop: Vec<String>,
 }
 
 /// How the next token is chosen (floe::sample): greedy unless --temperature is above 0.
@@ -308,6 +353,7 @@ fn main() -> ExitCode {
         Some(Command::Inspect(args)) => inspect(args),
         Some(Command::Bench(args)) => bench(args),
         Some(Command::Kernels(args)) => kernels(args),
+        Some(Command::Template(args)) => template(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -364,14 +410,51 @@ fn run(args: RunArgs) -> Result<()> {
             floe::synthetic::default_model()
         }
     };
+    let (prompt, thinking) = if args.chat.raw {
+        (args.prompt.clone(), false)
+    } else {
+        let template = match &args.model {
+            Some(dir) => ChatTemplate::for_model(dir)?,
+            None => ChatTemplate::builtin(),
+        };
+        let mut messages = Vec::new();
+        if let Some(system) = &args.chat.system {
+            messages.push(serde_json::json!({"role": "system", "content": system}));
+        }
+        messages.push(serde_json::json!({"role": "user", "content": args.prompt}));
+        let enable_thinking = args.chat.no_think.then_some(false);
+        let request = ChatRequest { messages: &messages, tools: &[], add_generation_prompt: true, enable_thinking };
+        let prompt = template.render(&request)?;
+        let thinking = prompt.ends_with("<think>\n");
+        (prompt, thinking)
+    };
+    let eos = end_tokens(args.model.as_deref(), &model.config, &tokenizer);
+    let generation = Generation {
+        max_tokens: args.tokens,
+        sampling,
+        stop: args.chat.stop.clone(),
+        think_budget: args.chat.think_budget,
+        thinking,
+    };
     let choice = args.backend;
-    on_backend(model, choice, Generate { args, tokenizer, sampling })
+    on_backend(model, choice, Generate { args, tokenizer, prompt, generation, eos })
+}
+
+/// The tokens that end an answer: generation_config.json's, the config's, and the chat turn's end.
+fn end_tokens(dir: Option<&std::path::Path>, config: &floe::config::ModelConfig, tokenizer: &tokenizers::Tokenizer) -> Vec<u32> {
+    let mut eos = generate::eos_ids(dir, &config.eos_token_ids);
+    if let Some(id) = tokenizer.token_to_id("<|im_end|>").filter(|id| !eos.contains(id)) {
+        eos.push(id);
+    }
+    eos
 }
 
 struct Generate {
     args: RunArgs,
     tokenizer: tokenizers::Tokenizer,
-    sampling: Sampling,
+    prompt: String,
+    generation: Generation,
+    eos: Vec<u32>,
 }
 
 impl Job for Generate {
@@ -380,9 +463,11 @@ impl Job for Generate {
         let mut stdout = std::io::stdout();
         let before = model.backend.counters();
         let io_before = model.store.as_ref().map(|s| s.layer_stats());
-        let stats = generate::generate(model, &self.tokenizer, &args.prompt, args.tokens, &self.sampling, |text| {
+        let mut session = Session::new(model, &self.tokenizer, self.eos)?;
+        let stats = session.generate(&self.prompt, &self.generation, |text| {
             let _ = stdout.write_all(text.as_bytes());
             let _ = stdout.flush();
+            true
         })?;
         println!();
         let decode_rate = stats.generated_tokens.saturating_sub(1) as f64 / stats.decode_time.as_secs_f64().max(1e-9);
@@ -623,6 +708,25 @@ fn profile_decode<B: Backend + 'static>(model: &Model<B>, state: &mut floe::mode
     for (name, secs, count) in rows {
         println!("  {name:32} {:8.1} us/token  {:6.1} dispatches/token  {:5.1}%", secs / n as f64 * 1e6, count as f64 / n as f64, 100.0 * secs / total);
     }
+    Ok(())
+}
+
+fn template(args: TemplateArgs) -> Result<()> {
+    let template = match &args.model {
+        Some(dir) => ChatTemplate::for_model(dir)?,
+        None => ChatTemplate::builtin(),
+    };
+    let (messages, mut tools) = floe::chat::read_messages(&args.messages)?;
+    if let Some(path) = &args.tools {
+        tools = floe::chat::read_tools(path)?;
+    }
+    let request = ChatRequest {
+        messages: &messages,
+        tools: &tools,
+        add_generation_prompt: !args.no_generation_prompt,
+        enable_thinking: args.no_think.then_some(false),
+    };
+    print!("{}", template.render(&request)?);
     Ok(())
 }
 

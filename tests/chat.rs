@@ -49,3 +49,29 @@ fn a_models_template_is_found_where_transformers_looks() {
     let err = ChatTemplate::load(tmp.path()).unwrap().unwrap().render(&no_prompt).unwrap_err().to_string();
     assert!(err.contains("bad"), "{err}");
 }
+
+/// `floe template` prints what the template makes of a messages file, and names bad input in one line.
+#[test]
+fn template_command() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(root.join("tests/fixtures/chat/cases.json")).unwrap()).unwrap();
+    let case = cases.iter().find(|c| c["tools"].is_array()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (messages, tools) = (tmp.path().join("m.json"), tmp.path().join("t.json"));
+    std::fs::write(&messages, case["messages"].to_string()).unwrap();
+    std::fs::write(&tools, case["tools"].to_string()).unwrap();
+    let floe = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_floe")).args(args).output().unwrap();
+    let mut args = vec!["template", "--messages", messages.to_str().unwrap(), "--tools", tools.to_str().unwrap()];
+    if case["enable_thinking"] == false {
+        args.push("--no-think");
+    }
+    let out = floe(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), case["expected"].as_str().unwrap());
+
+    std::fs::write(&messages, r#"[{"role": "wizard", "content": "hi"}]"#).unwrap();
+    let out = floe(&["template", "--messages", messages.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.trim().lines().count() == 1 && stderr.contains("unknown role `wizard`"), "{stderr}");
+}

@@ -1,0 +1,70 @@
+//! Generation sessions (floe::generate) on the built-in default model: stop strings, the thinking budget,
+//! cancelling, and a second turn that continues the state instead of prefilling everything again.
+
+use floe::generate::{Finish, Generation, Session};
+
+fn greedy(max_tokens: usize) -> Generation {
+    Generation { max_tokens, ..Default::default() }
+}
+
+#[test]
+fn stop_strings_end_the_text_before_them_and_never_stream_part_of_them() {
+    let (model, tokenizer) = floe::synthetic::default_model();
+    let mut s = Session::new(&model, &tokenizer, vec![]).unwrap();
+    let full = s.generate("Once upon a time", &greedy(40), |_| true).unwrap().text;
+    let stop = full.chars().skip(12).take(3).collect::<String>();
+    let expected = &full[..full.find(&stop).unwrap()];
+    let mut s = Session::new(&model, &tokenizer, vec![]).unwrap();
+    let mut streamed = String::new();
+    let g = Generation { stop: vec![stop.clone(), "never appears".into()], ..greedy(40) };
+    let out = s.generate("Once upon a time", &g, |t| {
+        streamed.push_str(t);
+        true
+    }).unwrap();
+    assert_eq!(out.text, expected);
+    assert_eq!(streamed, expected, "the streamed text is the final text");
+    assert_eq!(out.finish, Finish::Stop);
+}
+
+#[test]
+fn the_thinking_budget_closes_the_thought() {
+    let (model, tokenizer) = floe::synthetic::default_model();
+    let mut s = Session::new(&model, &tokenizer, vec![]).unwrap();
+    let g = Generation { think_budget: Some(3), thinking: true, ..greedy(12) };
+    let out = s.generate("<think>\n", &g, |_| true).unwrap();
+    assert!(out.text.contains("\n</think>\n\n"), "the thought is closed: {:?}", out.text);
+    let close = s.encode("\n</think>\n\n").unwrap();
+    let prompt = s.encode("<think>\n").unwrap().len();
+    assert_eq!(&s.history[prompt + 3..prompt + 3 + close.len()], &close[..], "closed right after the budget of 3 tokens");
+}
+
+#[test]
+fn a_second_turn_continues_the_state() {
+    let (model, tokenizer) = floe::synthetic::default_model();
+    let mut chat = Session::new(&model, &tokenizer, vec![]).unwrap();
+    chat.generate("First question", &greedy(6), |_| true).unwrap();
+    let before = chat.history.clone();
+    let pending = chat.pending.expect("the last chosen token waits for the next turn");
+    let second_prompt = chat.encode(" and a second one").unwrap();
+    let second = chat.generate_ids(&second_prompt, &greedy(6), |_| true).unwrap();
+    assert_eq!(second.prompt_tokens, 1 + second_prompt.len(), "only the new turn is prefilled");
+
+    let mut fresh = Session::new(&model, &tokenizer, vec![]).unwrap();
+    let everything = [&before[..], &[pending], &second_prompt[..]].concat();
+    let again = fresh.generate_ids(&everything, &greedy(6), |_| true).unwrap();
+    assert_eq!(second.text, again.text, "continuing equals prefilling the whole conversation");
+}
+
+#[test]
+fn cancelling_stops_at_once() {
+    let (model, tokenizer) = floe::synthetic::default_model();
+    let mut s = Session::new(&model, &tokenizer, vec![]).unwrap();
+    let mut pieces = 0;
+    let out = s.generate("Hello", &greedy(30), |_| {
+        pieces += 1;
+        pieces < 3
+    }).unwrap();
+    assert_eq!(out.finish, Finish::Cancelled);
+    assert_eq!(pieces, 3);
+    assert!(out.generated_tokens < 30);
+}
