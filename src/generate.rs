@@ -58,6 +58,8 @@ pub struct Generation {
     pub think_budget: Option<usize>,
     /// Whether the prompt leaves the model inside `<think>` (for the budget).
     pub thinking: bool,
+    /// Go on past end-of-sequence tokens (benchmarks, tests).
+    pub ignore_eos: bool,
 }
 
 /// Why generation ended.
@@ -150,7 +152,7 @@ impl<'m, B: Backend> Session<'m, B> {
         let mut finish = Finish::Length;
         // Invariant: `next` is chosen but not fed; `history` holds every token fed.
         loop {
-            if self.eos.contains(&next) {
+            if self.eos.contains(&next) && !g.ignore_eos {
                 // Fed at the start of the next turn, so the model sees its answer closed.
                 self.pending = Some(next);
                 finish = Finish::Stop;

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod conversation;
 pub mod convert;
 pub mod cpu;
 pub mod format;

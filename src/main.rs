@@ -49,6 +49,33 @@ enum Command {
     Kernels(KernelsArgs),
     /// Print the prompt the model's chat template makes of a conversation.
     Template(TemplateArgs),
+    /// Chat with a model in the terminal (tools, thinking, history; /help for commands).
+    Chat(ChatCommandArgs),
+}
+
+#[derive(Args)]
+struct ChatCommandArgs {
+    /// Model directory. Without it: the built-in default model (random weights).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Tools the model may call: a JSON file with an array of OpenAI function schemas (get_time and calculator
+    /// are built in).
+    #[arg(long)]
+    tools: Option<PathBuf>,
+    /// Do not show the model's thinking.
+    #[arg(long)]
+    hide_thinking: bool,
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 2048)]
+    tokens: usize,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    #[command(flatten)]
+    chat: ChatArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 #[derive(Args)]
@@ -263,6 +290,9 @@ struct ChatArgs {
     /// Stop when the text contains this (may be given several times).
     #[arg(long)]
     stop: Vec<String>,
+    /// Go on past end-of-sequence tokens (for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
 }
 
 /// How the next token is chosen (floe::sample): greedy unless --temperature is above 0.
@@ -354,6 +384,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(args)) => bench(args),
         Some(Command::Kernels(args)) => kernels(args),
         Some(Command::Template(args)) => template(args),
+        Some(Command::Chat(args)) => chat(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -435,6 +466,7 @@ fn run(args: RunArgs) -> Result<()> {
         stop: args.chat.stop.clone(),
         think_budget: args.chat.think_budget,
         thinking,
+        ignore_eos: args.chat.ignore_eos,
     };
     let choice = args.backend;
     on_backend(model, choice, Generate { args, tokenizer, prompt, generation, eos })
@@ -709,6 +741,56 @@ fn profile_decode<B: Backend + 'static>(model: &Model<B>, state: &mut floe::mode
         println!("  {name:32} {:8.1} us/token  {:6.1} dispatches/token  {:5.1}%", secs / n as f64 * 1e6, count as f64 / n as f64, 100.0 * secs / total);
     }
     Ok(())
+}
+
+fn chat(args: ChatCommandArgs) -> Result<()> {
+    if args.chat.raw {
+        bail!("--raw has no meaning in a chat (the chat template makes the turns)");
+    }
+    let sampling = args.sampling.to_sampling()?;
+    let (model, tokenizer, template) = match &args.model {
+        Some(dir) => (args.load.load(dir)?, generate::load_tokenizer(dir)?, ChatTemplate::for_model(dir)?),
+        None => {
+            eprintln!("floe: no --model given: chatting with the built-in default model (random weights: its text is meaningless)");
+            let (model, tokenizer) = floe::synthetic::default_model();
+            (model, tokenizer, ChatTemplate::builtin())
+        }
+    };
+    let mut tools = floe::conversation::builtin_tools();
+    if let Some(path) = &args.tools {
+        tools.extend(floe::chat::read_tools(path)?);
+    }
+    let eos = end_tokens(args.model.as_deref(), &model.config, &tokenizer);
+    let generation = Generation {
+        max_tokens: args.tokens,
+        sampling,
+        stop: args.chat.stop.clone(),
+        think_budget: args.chat.think_budget,
+        thinking: false,
+        ignore_eos: args.chat.ignore_eos,
+    };
+    let choice = args.backend;
+    on_backend(model, choice, Chat { args, tokenizer, template, tools, generation, eos })
+}
+
+struct Chat {
+    args: ChatCommandArgs,
+    tokenizer: tokenizers::Tokenizer,
+    template: ChatTemplate,
+    tools: Vec<serde_json::Value>,
+    generation: Generation,
+    eos: Vec<u32>,
+}
+
+impl Job for Chat {
+    fn run<B: Backend + 'static>(self, model: &Model<B>) -> Result<()> {
+        let session = Session::new(model, &self.tokenizer, self.eos)?;
+        let mut chat = floe::conversation::Conversation::new(session, self.template, self.tools, self.generation);
+        chat.enable_thinking = self.args.chat.no_think.then_some(false);
+        let history_file = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".floe_history"));
+        let options = floe::conversation::ChatOptions { system: self.args.chat.system.clone(), hide_thinking: self.args.hide_thinking, history_file };
+        floe::conversation::run_chat(chat, options)
+    }
 }
 
 fn template(args: TemplateArgs) -> Result<()> {

@@ -4,8 +4,10 @@
 use floe::tool_calls::{parse, Piece, ToolCallParser};
 use serde_json::{json, Value};
 
-/// (what, output, expected text, expected calls as (name, arguments))
-fn cases() -> Vec<(&'static str, &'static str, &'static str, Vec<(&'static str, Value)>)> {
+/// What, the output, the text expected, the calls expected as (name, arguments).
+type Case = (&'static str, &'static str, &'static str, Vec<(&'static str, Value)>);
+
+fn cases() -> Vec<Case> {
     vec![
         ("plain text", "Hello there.", "Hello there.", vec![]),
         (
