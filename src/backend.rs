@@ -21,6 +21,9 @@ pub trait Backend: Storage + Sized {
 
     fn new_kv_cache(&self, kv_width: usize) -> Result<Self::KvCache>;
     fn new_linear_state(&self, l: &LinearAttnConfig) -> Result<Self::LinearState>;
+    /// Copies of a sequence's states (to keep a conversation's state and continue it later, more than once).
+    fn copy_kv_cache(&self, cache: &Self::KvCache) -> Result<Self::KvCache>;
+    fn copy_linear_state(&self, state: &Self::LinearState) -> Result<Self::LinearState>;
 
     /// An activation holding `values`.
     fn act(&self, values: &[f32]) -> Result<Self::Act>;

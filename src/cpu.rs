@@ -57,6 +57,14 @@ impl Backend for Cpu {
         })
     }
 
+    fn copy_kv_cache(&self, cache: &KvCache) -> Result<KvCache> {
+        Ok(KvCache { keys: cache.keys.clone(), values: cache.values.clone() })
+    }
+
+    fn copy_linear_state(&self, state: &LinearState) -> Result<LinearState> {
+        Ok(LinearState { conv: state.conv.clone(), recurrent: state.recurrent.clone() })
+    }
+
     fn act(&self, values: &[f32]) -> Result<Vec<f32>> {
         Ok(values.to_vec())
     }

@@ -110,6 +110,28 @@ impl<'m, B: Backend> Session<'m, B> {
         Ok(Session { model, tokenizer, eos, state: model.new_state()?, history: vec![], pending: None })
     }
 
+    /// A session continuing from `state`, which holds `history`.
+    pub fn resume(model: &'m Model<B>, tokenizer: &'m Tokenizer, eos: Vec<u32>, state: State<B>, history: Vec<u32>) -> Self {
+        Session { model, tokenizer, eos, state, history, pending: None }
+    }
+
+    /// A copy of the model state (what `history` led to; a pending token is not in it).
+    pub fn copy_state(&self) -> Result<State<B>> {
+        self.model.copy_state(&self.state)
+    }
+
+    /// Runs `tokens` through the model without generating (a prefill to keep a state at).
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        let mut all: Vec<u32> = self.pending.take().into_iter().collect();
+        all.extend_from_slice(tokens);
+        if !all.is_empty() {
+            self.model.config.check_tokens(&all)?;
+            self.model.forward_greedy(&all, &mut self.state)?;
+            self.history.extend_from_slice(&all);
+        }
+        Ok(())
+    }
+
     /// Forgets everything (a new conversation).
     pub fn reset(&mut self) -> Result<()> {
         self.state = self.model.new_state()?;

@@ -18,6 +18,7 @@ pub mod model;
 pub mod npy;
 pub mod quant;
 pub mod sample;
+pub mod serve;
 pub mod store;
 pub mod synthetic;
 pub mod tensor;

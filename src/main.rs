@@ -51,6 +51,42 @@ enum Command {
     Template(TemplateArgs),
     /// Chat with a model in the terminal (tools, thinking, history; /help for commands).
     Chat(ChatCommandArgs),
+    /// Serve a model over HTTP with OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Model directory. Without it: the built-in default model (random weights).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Address to listen on (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY`.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Requests waiting or running at most (more get HTTP 429).
+    #[arg(long, default_value_t = 64)]
+    queue_limit: usize,
+    /// Largest request body.
+    #[arg(long, default_value = "8M", value_parser = floe::store::parse_size)]
+    max_body: u64,
+    /// Prompt plus answer tokens at most.
+    #[arg(long, default_value_t = 32768)]
+    ctx_size: usize,
+    /// Conversation states kept for prefix reuse (0: none).
+    #[arg(long, default_value_t = 4)]
+    keep_states: usize,
+    /// Tokens an answer may have when the request does not say.
+    #[arg(long, default_value_t = 2048)]
+    default_max_tokens: usize,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 #[derive(Args)]
@@ -385,6 +421,7 @@ fn main() -> ExitCode {
         Some(Command::Kernels(args)) => kernels(args),
         Some(Command::Template(args)) => template(args),
         Some(Command::Chat(args)) => chat(args),
+        Some(Command::Serve(args)) => serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -741,6 +778,50 @@ fn profile_decode<B: Backend + 'static>(model: &Model<B>, state: &mut floe::mode
         println!("  {name:32} {:8.1} us/token  {:6.1} dispatches/token  {:5.1}%", secs / n as f64 * 1e6, count as f64 / n as f64, 100.0 * secs / total);
     }
     Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
+        .with_context(|| format!("--host {}: not an IP address", args.host))?;
+    let (model, tokenizer, template, name) = match &args.model {
+        Some(dir) => {
+            let name = dir.file_name().map_or("floe".into(), |n| n.to_string_lossy().to_string());
+            (args.load.load(dir)?, generate::load_tokenizer(dir)?, ChatTemplate::for_model(dir)?, name)
+        }
+        None => {
+            eprintln!("floe: no --model given: serving the built-in default model (random weights: its text is meaningless)");
+            let (model, tokenizer) = floe::synthetic::default_model();
+            (model, tokenizer, ChatTemplate::builtin(), "floe-default".to_string())
+        }
+    };
+    let eos = end_tokens(args.model.as_deref(), &model.config, &tokenizer);
+    let options = floe::serve::ServeOptions {
+        addr,
+        api_key: args.api_key.clone(),
+        model_name: name,
+        queue_limit: args.queue_limit.max(1),
+        body_limit: args.max_body as usize,
+        context: args.ctx_size,
+        keep_states: args.keep_states,
+        default_max_tokens: args.default_max_tokens,
+    };
+    let choice = args.backend;
+    on_backend(model, choice, Serve { tokenizer, template, eos, options })
+}
+
+struct Serve {
+    tokenizer: tokenizers::Tokenizer,
+    template: ChatTemplate,
+    eos: Vec<u32>,
+    options: floe::serve::ServeOptions,
+}
+
+impl Job for Serve {
+    fn run<B: Backend + 'static>(self, model: &Model<B>) -> Result<()> {
+        floe::serve::serve(model, &self.tokenizer, self.eos, self.template, self.options)
+    }
 }
 
 fn chat(args: ChatCommandArgs) -> Result<()> {

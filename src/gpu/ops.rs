@@ -102,6 +102,13 @@ impl Gpu {
         Act { buf: self.scratch(len), len }
     }
 
+    /// A new buffer with `buf`'s contents (copied in order with the recorded work).
+    fn copy_of(&self, buf: &Buf) -> Result<Buf> {
+        let copy = self.zeros((buf.buffer.size() / 4) as usize)?;
+        self.copy(&buf.buffer, 0, &copy, 0, buf.buffer.size());
+        Ok(copy)
+    }
+
     /// The two expert kernels for (token, j) pairs `pairs`, reading record `ids[pair]` of `e.buf` for each.
     #[allow(clippy::too_many_arguments)]
     fn expert_kernels(&self, x: &Act, ids: &Buf, k: usize, e: &GpuExperts, pairs: std::ops::Range<usize>, act: &Act, out: &Act) {
@@ -138,6 +145,19 @@ impl Backend for Gpu {
             conv: self.zeros((l.conv_kernel - 1) * l.conv_channels())?,
             recurrent: self.zeros(l.num_value_heads * l.key_head_dim * l.value_head_dim)?,
         })
+    }
+
+    fn copy_kv_cache(&self, cache: &KvCache) -> Result<KvCache> {
+        Ok(KvCache {
+            keys: self.copy_of(&cache.keys)?,
+            values: self.copy_of(&cache.values)?,
+            capacity: cache.capacity,
+            width: cache.width,
+        })
+    }
+
+    fn copy_linear_state(&self, state: &LinearState) -> Result<LinearState> {
+        Ok(LinearState { conv: self.copy_of(&state.conv)?, recurrent: self.copy_of(&state.recurrent)? })
     }
 
     fn act(&self, values: &[f32]) -> Result<Act> {

@@ -138,6 +138,19 @@ impl<B: Backend> Model<B> {
         Ok(State { pos: 0, layers })
     }
 
+    /// A copy of `state`: the same sequence, to be continued separately.
+    pub fn copy_state(&self, state: &State<B>) -> Result<State<B>> {
+        let layers = state
+            .layers
+            .iter()
+            .map(|l| match l {
+                LayerState::Attention(c) => self.backend.copy_kv_cache(c).map(LayerState::Attention),
+                LayerState::Linear(s) => self.backend.copy_linear_state(s).map(LayerState::Linear),
+            })
+            .collect::<Result<_>>()?;
+        Ok(State { pos: state.pos, layers })
+    }
+
     /// Runs `tokens` through the model after what `state` holds, updating it. Several tokens are one batched
     /// prefill; one token is a decode step. Returns logits `[n, vocab]` for the positions `which` selects.
     pub fn forward(&self, tokens: &[u32], state: &mut State<B>, which: Logits) -> Result<Vec<f32>> {
