@@ -59,6 +59,8 @@ pub struct Output<'a> {
     pub force: bool,
     /// Where to copy tokenizer and chat files from.
     pub side_files_from: Option<&'a Path>,
+    /// Files to write into the model (name, contents): `floe synth` gives its models the default tokenizer.
+    pub extra_files: &'a [(&'a str, &'a str)],
 }
 
 /// Writes a floe model: `embed`, `lm_head`, `final_norm`, and `layer(i)` for each layer, quantized by `plan`.
@@ -119,6 +121,9 @@ pub fn write_model(
         for f in SIDE_FILES.iter().filter(|f| **f != "config.json" && src.join(f).exists()) {
             std::fs::copy(src.join(f), partial.join(f)).with_context(|| format!("cannot copy {f}"))?;
         }
+    }
+    for (name, contents) in out.extra_files {
+        std::fs::write(partial.join(name), contents).with_context(|| format!("cannot write {name}"))?;
     }
     bar.finish_and_clear();
 

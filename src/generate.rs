@@ -13,7 +13,7 @@ use crate::model::{Logits, Model, State};
 use crate::sample::{Sampler, Sampling};
 
 /// The built-in default model's tokenizer: a 512-token byte-level BPE made by tools/make_fixtures.py.
-const DEFAULT_TOKENIZER: &str = include_str!("../assets/default-model/tokenizer.json");
+pub const DEFAULT_TOKENIZER: &str = include_str!("../assets/default-model/tokenizer.json");
 
 pub fn default_tokenizer() -> Tokenizer {
     Tokenizer::from_bytes(DEFAULT_TOKENIZER).expect("the embedded default tokenizer is valid")

@@ -930,7 +930,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
         QuantPlan::new(bits, args.expert_bits.unwrap_or(bits), args.group_size)?
     };
     let w = &model.weights;
-    let out = Output { dst: &args.dst, force: args.force, side_files_from: Some(&args.src) };
+    let out = Output { dst: &args.dst, force: args.force, side_files_from: Some(&args.src), extra_files: &[] };
     let start = std::time::Instant::now();
     let total = convert::weights_bytes(w);
     convert::write_model(&out, &model.config, plan, (&w.embed, &w.lm_head, &w.final_norm), |i| Ok(w.layers[i].clone()), total)?;
@@ -944,7 +944,9 @@ fn synth(args: SynthArgs) -> Result<()> {
     let mut random = floe::synthetic::RandomWeights::new(&config, args.seed, floe::tensor::DType::BF16, Some(format));
     let (embed, lm_head) = (random.embed(), random.lm_head());
     let final_norm = vec![1.0; config.hidden_size];
-    let out = Output { dst: &args.dst, force: args.force, side_files_from: None };
+    // The default model's small tokenizer, so that every command can run on the model (its text is meaningless).
+    let tokenizer = [("tokenizer.json", generate::DEFAULT_TOKENIZER)];
+    let out = Output { dst: &args.dst, force: args.force, side_files_from: None, extra_files: &tokenizer };
     let start = std::time::Instant::now();
     let e = random.expert();
     let expert = (e.gate.size_bytes() + e.up.size_bytes() + e.down.size_bytes()) as u64;
