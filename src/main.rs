@@ -297,6 +297,9 @@ struct RunArgs {
     tokens: usize,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
+    /// Serve the model over HTTP on this port instead (Flash-MoE's spelling of `floe serve --port PORT`).
+    #[arg(long, value_name = "PORT")]
+    serve: Option<u16>,
     /// After generating, print per-token work: GPU dispatches, CPU↔GPU round trips, expert streaming.
     #[arg(long)]
     timing: bool,
@@ -470,6 +473,21 @@ fn on_backend(model: Model, choice: BackendChoice, job: impl Job) -> Result<()> 
 }
 
 fn run(args: RunArgs) -> Result<()> {
+    if let Some(port) = args.serve {
+        return serve(ServeArgs {
+            model: args.model,
+            host: "127.0.0.1".into(),
+            port,
+            api_key: None,
+            queue_limit: 64,
+            max_body: 8 << 20,
+            ctx_size: 32768,
+            keep_states: 4,
+            default_max_tokens: 2048,
+            backend: args.backend,
+            load: args.load,
+        });
+    }
     let sampling = args.sampling.to_sampling()?;
     let (model, tokenizer) = match &args.model {
         Some(dir) => (args.load.load(dir)?, generate::load_tokenizer(dir)?),

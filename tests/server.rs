@@ -170,6 +170,26 @@ fn bad_slow_and_vanishing_clients_do_not_stop_the_server() {
     }
 }
 
+/// Flash-MoE's spelling, `floe --serve PORT`, starts the same server.
+#[test]
+fn the_seeds_serve_flag_starts_the_server() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args(["--serve", &port.to_string(), "--backend", "cpu"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, port };
+    let start = Instant::now();
+    while !healthy(&server) {
+        assert!(start.elapsed() < Duration::from_secs(30), "floe --serve did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = post(&server, "/v1/completions", r#"{"prompt": "Once", "max_tokens": 3}"#);
+    assert!(r.starts_with("HTTP/1.1 200") && r.contains("text_completion"), "{r}");
+}
+
 /// The next turn of a conversation continues from the state kept at the end of the previous one: the same answer
 /// as prefilling everything (a server that keeps no states), with the kept prompt tokens counted as reused.
 #[test]
