@@ -141,6 +141,9 @@ pub struct ChatOptions {
     pub history_file: Option<PathBuf>,
 }
 
+/// Answers with tool calls in a row before the chat asks the user again (a model may call tools forever).
+const MAX_TOOL_ROUNDS: usize = 4;
+
 const HELP: &str = "commands: /clear (start over), /save FILE, /load FILE, /tools, /exit (or Ctrl-D); end a line with \\ to go on on the next; Ctrl-C stops an answer";
 
 /// The interactive chat: reads turns from the terminal (or plain lines from a pipe), streams answers (thinking
@@ -186,7 +189,11 @@ pub fn run_chat<B: Backend>(mut chat: Conversation<B>, options: ChatOptions) -> 
         let _ = editor.add_history_entry(&line);
         chat.push_user(&line);
         // Answer, run the tools it calls, answer again with their results, until it answers in text.
-        loop {
+        for round in 1.. {
+            if round > MAX_TOOL_ROUNDS {
+                eprintln!("[stopped after {MAX_TOOL_ROUNDS} rounds of tool calls]");
+                break;
+            }
             stop.store(false, Ordering::SeqCst);
             let answer = chat.next_prompt().and_then(|prompt| {
                 let mut printer = Printer::new(color, options.hide_thinking, prompt.ends_with("<think>\n"));

@@ -1,9 +1,13 @@
-//! `floe chat` as a person uses it, driven in tmux (send-keys, capture-pane): a turn, a second turn that
-//! prefills only itself, /tools, Ctrl-C stopping a long answer (the program lives on), /save, /exit. Skipped
-//! without tmux unless FLOE_REQUIRE_TMUX=1 (CI sets it). And the tool round trip of a conversation.
+//! `floe chat` as a person uses it, driven in tmux (send-keys, capture-pane): Ctrl-C stopping a long answer (the
+//! program lives on), /tools, /save, /exit; and a model that calls the built-in calculator, whose result goes
+//! back to it. Skipped without tmux unless FLOE_REQUIRE_TMUX=1 (CI sets it).
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use floe::tensor::{Matrix, Tensor};
+use floe::weights::{HostExperts, Mixer};
 
 use floe::conversation::{builtin_tools, run_builtin, Conversation};
 use floe::generate::{Generation, Session};
@@ -53,11 +57,106 @@ impl Drop for Tmux {
     }
 }
 
+fn have_tmux() -> bool {
+    if Command::new("tmux").arg("-V").output().is_ok() {
+        return true;
+    }
+    assert!(std::env::var("FLOE_REQUIRE_TMUX").map_or(true, |v| v != "1"), "FLOE_REQUIRE_TMUX=1 but tmux is missing");
+    eprintln!("skipped: no tmux");
+    false
+}
+
+/// The tool call the crafted model answers with.
+const CALL: &str = "<tool_call>\n<function=calculator>\n<parameter=expression>\n6*7\n</parameter>\n</function>\n</tool_call>";
+
+/// A toy floe model that answers every chat turn with [`CALL`] (one token of its tokenizer), then ends the turn:
+/// its layers add nothing to the residual stream (output projections zero), so the next token depends on the
+/// current one only, and its lm_head maps the end of the assistant turn's opening to CALL and CALL to
+/// `<|im_end|>`.
+fn write_tool_calling_model(dir: &Path) {
+    let mut tokenizer = floe::generate::default_tokenizer();
+    tokenizer.add_special_tokens(&[tokenizers::AddedToken::from("<|im_end|>", true)]);
+    tokenizer.add_tokens(&[tokenizers::AddedToken::from(CALL, false)]);
+    let (end, call) = (tokenizer.token_to_id("<|im_end|>").unwrap(), tokenizer.token_to_id(CALL).unwrap());
+    let config = floe::synthetic::default_config(tokenizer.get_vocab_size(true), vec![end]);
+    let mut model = floe::synthetic::random_model(&config, 7, floe::tensor::DType::F32);
+    let zero = |m: &Matrix| Matrix::Dense(Tensor::from_f32(m.shape().to_vec(), vec![0.0; m.shape().iter().product()]));
+    for layer in &mut model.weights.layers {
+        match &mut layer.mixer {
+            Mixer::Attention(a) => a.o_proj = zero(&a.o_proj),
+            Mixer::Linear(l) => l.out_proj = zero(&l.out_proj),
+        }
+        if let HostExperts::Resident(experts) = &mut layer.moe.experts {
+            experts.iter_mut().for_each(|e| e.down = zero(&e.down));
+        }
+        if let Some(shared) = &mut layer.moe.shared {
+            shared.mlp.down = zero(&shared.mlp.down);
+        }
+    }
+    let h = config.hidden_size;
+    let Matrix::Dense(embed) = &model.weights.embed else { panic!("a dense embedding") };
+    let embed = embed.to_f32();
+    let Matrix::Dense(lm_head) = &model.weights.lm_head else { panic!("a dense lm_head") };
+    let mut lm_head = lm_head.to_f32();
+    // The final hidden state of token x is RMSNorm(embed[x]) ⊙ final_norm: make row `to` of lm_head point at it.
+    let mut map = |from: u32, to: u32| {
+        let row = &embed[from as usize * h..][..h];
+        let rms = (row.iter().map(|v| v * v).sum::<f32>() / h as f32 + config.rms_norm_eps).sqrt();
+        let v: Vec<f32> = row.iter().zip(&model.weights.final_norm).map(|(x, w)| x / rms * w).collect();
+        let norm2: f32 = v.iter().map(|x| x * x).sum();
+        lm_head[to as usize * h..][..h].iter_mut().zip(&v).for_each(|(o, x)| *o = 100.0 * x / norm2);
+    };
+    let template = floe::chat::ChatTemplate::builtin();
+    let messages = [serde_json::json!({"role": "user", "content": "hi"})];
+    let request = floe::chat::ChatRequest { messages: &messages, tools: &[], add_generation_prompt: true, enable_thinking: Some(false) };
+    let opening = tokenizer.encode(template.render(&request).unwrap(), false).unwrap();
+    map(*opening.get_ids().last().unwrap(), call);
+    map(call, end);
+    let lm_head = Matrix::Dense(Tensor::from_f32(vec![config.vocab_size, h], lm_head));
+    let tokenizer_json = tokenizer.to_string(false).unwrap();
+    let files = [("tokenizer.json", tokenizer_json.as_str())];
+    let out = floe::convert::Output { dst: dir, force: false, side_files_from: None, extra_files: &files };
+    let w = &model.weights;
+    let layers = w.layers.clone();
+    floe::convert::write_model(&out, &config, floe::convert::QuantPlan::KEEP, (&w.embed, &lm_head, &w.final_norm), |i| Ok(layers[i].clone()), 1)
+        .unwrap();
+}
+
+/// A model's call of the built-in calculator, in a terminal: parsed, run, shown, its result sent back.
+#[test]
+fn a_model_calls_a_built_in_tool_in_a_terminal() {
+    if !have_tmux() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let model = home.path().join("tool-caller");
+    write_tool_calling_model(&model);
+    let name = format!("floe-tools-{}", std::process::id());
+    let command = format!(
+        "HOME={} {} chat --model {} --backend cpu --no-think; sleep 30",
+        home.path().display(),
+        env!("CARGO_BIN_EXE_floe"),
+        model.display()
+    );
+    Tmux::run(&["new-session", "-d", "-s", &name, "-x", "200", "-y", "50", &command]);
+    let t = Tmux { name };
+    t.wait_for(">>> ", 1);
+    t.keys(&["What is 6*7?", "Enter"]);
+    let screen = t.wait_for("rounds of tool calls", 1);
+    assert!(screen.contains(r#"[tool calculator({"expression":"6*7"}) → 42]"#), "{screen}");
+    t.wait_for(">>> ", 2);
+    t.keys(&["/save ", home.path().join("c.json").to_str().unwrap(), "Enter"]);
+    t.wait_for("saved to", 1);
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(home.path().join("c.json")).unwrap()).unwrap();
+    let messages = saved["messages"].as_array().unwrap();
+    assert_eq!(messages[1]["tool_calls"][0]["function"]["name"], "calculator");
+    assert_eq!(messages[2]["role"], "tool");
+    assert_eq!(messages[2]["content"], "42");
+}
+
 #[test]
 fn chat_in_a_terminal() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(std::env::var("FLOE_REQUIRE_TMUX").map_or(true, |v| v != "1"), "FLOE_REQUIRE_TMUX=1 but tmux is missing");
-        eprintln!("skipped: no tmux");
+    if !have_tmux() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
