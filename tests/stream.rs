@@ -238,3 +238,54 @@ fn streaming_flags_on_the_command_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("run `floe convert"), "{stderr}");
 }
+
+/// A model whose experts are far larger than the host cache runs in about its dense weights plus the budget:
+/// the peak resident memory of a streamed run, against what the resident run of the same model takes.
+#[cfg(target_os = "linux")]
+#[test]
+fn resident_memory_stays_within_the_budgets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("synth");
+    let out = floe(&["synth", "--preset", "qwen3-30b-a3b", "--layers", "2", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let size = |p: &Path| -> u64 {
+        if p.is_dir() {
+            std::fs::read_dir(p).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+        } else {
+            std::fs::metadata(p).unwrap().len()
+        }
+    };
+    let (dense, experts) = (size(&dir.join("dense.bin")), size(&dir.join("experts")));
+    // Peak resident memory (VmHWM) of a `floe bench` run, sampled until it exits.
+    let peak = |extra: &[&str]| -> u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_floe"))
+            .args(["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "16", "--gen-tokens", "4", "--backend", "cpu"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut peak = 0;
+        loop {
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+                if let Some(kb) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+                    peak = peak.max(kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0) * 1024);
+                }
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success());
+                return peak;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let budget = 32 << 20;
+    let streamed = peak(&["--cache", "lru", "--ram-mem", "32M"]);
+    let resident = peak(&[]);
+    println!("dense {dense}, experts {experts}: peak resident memory {resident} resident, {streamed} streamed");
+    assert!(experts > 8 * budget, "the experts ({experts} bytes) must dwarf the budget");
+    // Dense weights, the host cache, one batch of records being computed (16), the program itself.
+    let bound = dense + budget + 16 * experts / 256 + (120 << 20);
+    assert!(streamed <= bound, "streamed run peaked at {streamed} bytes, over {bound}");
+    assert!(streamed + experts / 4 < resident, "streaming saves most of the experts' memory ({streamed} vs {resident})");
+}
