@@ -163,6 +163,9 @@ struct BenchArgs {
     /// Also print expert streaming per layer over the decode (hits, bytes, read and routing wait times).
     #[arg(long)]
     timing: bool,
+    /// Append the report (the --json object, with the time and the options) as one line to this file.
+    #[arg(long)]
+    log: Option<PathBuf>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -677,6 +680,7 @@ impl Job for Bench {
             "gpu_cache_hit_rate": io.device_hit_rate(),
             "ram_cache_hit_rate": io.ram_hit_rate(),
         });
+        append_log(&args, &report)?;
         if args.json {
             println!("{report}");
         } else {
@@ -692,6 +696,21 @@ impl Job for Bench {
         }
         Ok(())
     }
+}
+
+/// Appends `report` to `--log`, with when and how it was measured, as one JSON line.
+fn append_log(args: &BenchArgs, report: &serde_json::Value) -> Result<()> {
+    let Some(path) = &args.log else { return Ok(()) };
+    let mut entry = report.clone();
+    entry["time"] = serde_json::json!(chrono::Local::now().to_rfc3339());
+    entry["floe_version"] = serde_json::json!(env!("CARGO_PKG_VERSION"));
+    entry["options"] = serde_json::json!(std::env::args().skip(1).collect::<Vec<_>>());
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(file, "{entry}").with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Reads K random experts per layer for each of --gen-tokens tokens, as a decode step with no cache would.
@@ -714,11 +733,12 @@ fn bench_io(args: &BenchArgs) -> Result<()> {
     let bytes = store.stats().bytes_read;
     let (gb_s, ms_per_layer) = (bytes as f64 / 1e9 / secs, secs * 1e3 / (args.gen_tokens * c.num_layers()).max(1) as f64);
     let tok_s = args.gen_tokens as f64 / secs;
+    let report = serde_json::json!({
+        "model": args.model.display().to_string(), "io_only": true, "tokens": args.gen_tokens, "k": k,
+        "expert_bytes_read": bytes, "disk_gb_s": gb_s, "ms_per_layer": ms_per_layer, "tok_s": tok_s,
+    });
+    append_log(args, &report)?;
     if args.json {
-        let report = serde_json::json!({
-            "model": args.model.display().to_string(), "tokens": args.gen_tokens, "k": k,
-            "expert_bytes_read": bytes, "disk_gb_s": gb_s, "ms_per_layer": ms_per_layer, "tok_s": tok_s,
-        });
         println!("{report}");
     } else {
         let layers = c.num_layers();

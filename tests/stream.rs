@@ -209,17 +209,23 @@ fn streaming_flags_on_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = convert("qwen35_moe_mlx_4bit", tmp.path());
     let d = dir.to_str().unwrap();
-    let out = floe(&["bench", "--model", d, "--io-only", "--json", "--gen-tokens", "3"]);
+    let log = tmp.path().join("bench.jsonl");
+    let out = floe(&["bench", "--model", d, "--io-only", "--json", "--gen-tokens", "3", "--log", log.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["expert_bytes_read"].as_u64().unwrap(), 3 * 4 * 2 * record_bytes(&dir));
 
     let args = ["bench", "--model", d, "--json", "--prompt-tokens", "8", "--gen-tokens", "4", "--backend", "cpu"];
-    let out = floe(&[&args[..], &["--cache", "lfu", "--ram-mem", "1M"]].concat());
+    let out = floe(&[&args[..], &["--cache", "lfu", "--ram-mem", "1M", "--log", log.to_str().unwrap()]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["streamed"], true);
     assert!(report["expert_bytes_read"].as_u64().unwrap() > 0 && report["ram_cache_hit_rate"].as_f64().is_some());
+    let logged: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(logged.len(), 2, "--log appends one line per run");
+    assert_eq!(logged[1]["decode_tok_s"], report["decode_tok_s"]);
+    assert!(logged[1]["options"].as_array().unwrap().iter().any(|o| o == "lfu"));
 
     let npy = tmp.path().join("x.npy");
     let logits = ["logits", "--model", d, "--tokens", "1,2", "--out", npy.to_str().unwrap()];
