@@ -63,6 +63,9 @@ pub struct Gpu {
     /// the model being uploaded.
     expert_memory: Cell<(u64, crate::store::CachePolicy)>,
     slots: RefCell<Option<Rc<stream::ExpertSlots>>>,
+    /// Kernels the uploaded weights need (`matmul_q4g64bf16`, `expert_down_bf16`, …, before their variant
+    /// suffixes), to build their pipelines ahead of the first token.
+    weight_kernels: RefCell<std::collections::BTreeSet<String>>,
 }
 
 /// GPU time per kernel, from timestamps written around every dispatch (`Gpu::start_profiling`).
@@ -181,6 +184,7 @@ impl Gpu {
             remap: RefCell::default(),
             expert_memory: Cell::new((DEFAULT_EXPERT_MEMORY, crate::store::CachePolicy::Lru)),
             slots: RefCell::new(None),
+            weight_kernels: RefCell::default(),
         }))
     }
 
@@ -328,42 +332,33 @@ impl Gpu {
         if let Some(p) = self.pipelines.borrow().get(name) {
             return p.clone();
         }
-        let kernel = kernels::find(name).unwrap_or_else(|| panic!("no kernel named {name}"));
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-        });
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
-            .bindings
-            .iter()
-            .map(|&(binding, read_only)| wgpu::BindGroupLayoutEntry {
-                binding,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            })
-            .collect();
-        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(name), entries: &entries });
-        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(name),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: IMMEDIATE_BYTES,
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(name),
-            layout: Some(&pipeline_layout),
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        let p = Rc::new(Pipeline { pipeline, layout });
+        let p = Rc::new(build_pipeline(&self.device, name));
         self.pipelines.borrow_mut().insert(name, p.clone());
         p
+    }
+
+    /// Builds the pipelines of `names` now, on all cores (drivers compile each for tens of milliseconds; built
+    /// one at a time on first use they delayed a model's first token by over a second).
+    fn build_pipelines(&self, names: &[&'static str]) {
+        if names.is_empty() {
+            return;
+        }
+        let missing: Vec<&'static str> = names.iter().copied().filter(|n| !self.pipelines.borrow().contains_key(n)).collect();
+        let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).min(missing.len().max(1));
+        let built: Vec<(&'static str, Pipeline)> = std::thread::scope(|scope| {
+            let chunks: Vec<_> = missing
+                .chunks(missing.len().div_ceil(threads).max(1))
+                .map(|chunk| {
+                    let device = &self.device;
+                    scope.spawn(move || chunk.iter().map(|&n| (n, build_pipeline(device, n))).collect::<Vec<_>>())
+                })
+                .collect();
+            chunks.into_iter().flat_map(|h| h.join().expect("building a pipeline")).collect()
+        });
+        let mut pipelines = self.pipelines.borrow_mut();
+        for (name, p) in built {
+            pipelines.insert(name, Rc::new(p));
+        }
     }
 
     /// Records one dispatch of kernel `name` over `grid` workgroups, binding `buffers` in order and passing
@@ -509,6 +504,44 @@ impl Gpu {
         staging.unmap();
         Ok(data)
     }
+}
+
+/// Compiles kernel `name` into a compute pipeline with its bind-group layout.
+fn build_pipeline(device: &wgpu::Device, name: &'static str) -> Pipeline {
+    let kernel = kernels::find(name).unwrap_or_else(|| panic!("no kernel named {name}"));
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(name),
+        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+    });
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+        .bindings
+        .iter()
+        .map(|&(binding, read_only)| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(name), entries: &entries });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(name),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: IMMEDIATE_BYTES,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(name),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    Pipeline { pipeline, layout }
 }
 
 /// A 1-D launch of `n` threads in workgroups of 64, folded into two dimensions (kernels use `flat_index`).

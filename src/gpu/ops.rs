@@ -409,7 +409,25 @@ impl WeightsFrom for Gpu {
     }
 
     fn weights_from(&self, host: &Weights) -> Result<Weights<Gpu>> {
-        host.transfer(&mut &*self)
+        let weights = host.transfer(&mut &*self)?;
+        // Every pipeline the forward pass will use, built now and in parallel rather than one by one on first use.
+        let sg = if self.subgroups.get() { "_sg" } else { "" };
+        let stems = self.weight_kernels.borrow();
+        let names: Vec<&'static str> = kernels::KERNELS
+            .iter()
+            .map(|k| k.name)
+            .filter(|n| {
+                let fixed = !["matmul_", "expert_", "embed_"].iter().any(|p| n.starts_with(p));
+                let of_weights = stems.iter().any(|stem| {
+                    let rest = n.strip_prefix(stem.as_str());
+                    rest.is_some_and(|r| r.is_empty() || r == sg || r == format!("_nt1{sg}") || r == format!("_nt8{sg}"))
+                });
+                fixed || of_weights
+            })
+            .collect();
+        drop(stems);
+        self.build_pipelines(&names);
+        Ok(weights)
     }
 }
 
@@ -447,6 +465,7 @@ impl Transfer<Gpu> for &Gpu {
             bytes.resize(bytes.len().next_multiple_of(4), 0);
         }
         let buf = Rc::new(self.upload(name, &bytes)?);
+        self.weight_kernels.borrow_mut().extend([format!("matmul_{format}"), format!("embed_{format}")]);
         Ok(GpuMatrix { buf, rows, cols, format, offsets })
     }
 
@@ -566,6 +585,7 @@ impl Gpu {
         let (down_format, down) = component("down")?;
         ensure!(gate_format == up_format, "{what}: gate ({gate_format}) and up ({up_format}) differ in format");
         let (intermediate, hidden) = (components["gate"].shape[0], components["gate"].shape[1]);
+        self.weight_kernels.borrow_mut().extend([format!("expert_gate_up_{gate_format}"), format!("expert_down_{down_format}")]);
         ensure!(records.stride <= u32::MAX as u64 / 2, "{what}: records of {} bytes are too large", records.stride);
         Ok(GpuExperts {
             buf: records.buf,
