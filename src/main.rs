@@ -492,20 +492,10 @@ fn run(args: RunArgs) -> Result<()> {
         });
     }
     let sampling = args.sampling.to_sampling()?;
-    let (model, tokenizer) = match &args.model {
-        Some(dir) => (args.load.load(dir)?, generate::load_tokenizer(dir)?),
-        None => {
-            eprintln!("floe: no --model given: running the built-in default model (random weights: its text is meaningless)");
-            floe::synthetic::default_model()
-        }
-    };
+    let ForGeneration { model, tokenizer, template, eos } = load_for_generation(args.model.as_deref(), &args.load, "running")?;
     let (prompt, thinking) = if args.chat.raw {
         (args.prompt.clone(), false)
     } else {
-        let template = match &args.model {
-            Some(dir) => ChatTemplate::for_model(dir)?,
-            None => ChatTemplate::builtin(),
-        };
         let mut messages = Vec::new();
         if let Some(system) = &args.chat.system {
             messages.push(serde_json::json!({"role": "system", "content": system}));
@@ -517,17 +507,44 @@ fn run(args: RunArgs) -> Result<()> {
         let thinking = prompt.ends_with("<think>\n");
         (prompt, thinking)
     };
-    let eos = end_tokens(args.model.as_deref(), &model.config, &tokenizer);
-    let generation = Generation {
-        max_tokens: args.tokens,
-        sampling,
-        stop: args.chat.stop.clone(),
-        think_budget: args.chat.think_budget,
-        thinking,
-        ignore_eos: args.chat.ignore_eos,
-    };
+    let generation = Generation { thinking, ..args.chat.generation(args.tokens, sampling) };
     let choice = args.backend;
     on_backend(model, choice, Generate { args, tokenizer, prompt, generation, eos })
+}
+
+/// What generating needs: the model (`dir`, or the built-in default one, said on stderr for `what`), its
+/// tokenizer, its chat template and the tokens that end an answer.
+struct ForGeneration {
+    model: Model,
+    tokenizer: tokenizers::Tokenizer,
+    template: ChatTemplate,
+    eos: Vec<u32>,
+}
+
+fn load_for_generation(dir: Option<&std::path::Path>, load: &LoadArgs, what: &str) -> Result<ForGeneration> {
+    let (model, tokenizer, template) = match dir {
+        Some(dir) => (load.load(dir)?, generate::load_tokenizer(dir)?, ChatTemplate::for_model(dir)?),
+        None => {
+            eprintln!("floe: no --model given: {what} the built-in default model (random weights: its text is meaningless)");
+            let (model, tokenizer) = floe::synthetic::default_model();
+            (model, tokenizer, ChatTemplate::builtin())
+        }
+    };
+    let eos = end_tokens(dir, &model.config, &tokenizer);
+    Ok(ForGeneration { model, tokenizer, template, eos })
+}
+
+impl ChatArgs {
+    fn generation(&self, max_tokens: usize, sampling: Sampling) -> Generation {
+        Generation {
+            max_tokens,
+            sampling,
+            stop: self.stop.clone(),
+            think_budget: self.think_budget,
+            thinking: false,
+            ignore_eos: self.ignore_eos,
+        }
+    }
 }
 
 /// The tokens that end an answer: generation_config.json's, the config's, and the chat turn's end.
@@ -823,18 +840,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         .parse()
         .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
         .with_context(|| format!("--host {}: not an IP address", args.host))?;
-    let (model, tokenizer, template, name) = match &args.model {
-        Some(dir) => {
-            let name = dir.file_name().map_or("floe".into(), |n| n.to_string_lossy().to_string());
-            (args.load.load(dir)?, generate::load_tokenizer(dir)?, ChatTemplate::for_model(dir)?, name)
-        }
-        None => {
-            eprintln!("floe: no --model given: serving the built-in default model (random weights: its text is meaningless)");
-            let (model, tokenizer) = floe::synthetic::default_model();
-            (model, tokenizer, ChatTemplate::builtin(), "floe-default".to_string())
-        }
-    };
-    let eos = end_tokens(args.model.as_deref(), &model.config, &tokenizer);
+    let ForGeneration { model, tokenizer, template, eos } = load_for_generation(args.model.as_deref(), &args.load, "serving")?;
+    let name = args.model.as_ref().and_then(|d| d.file_name()).map_or("floe-default".into(), |n| n.to_string_lossy().to_string());
     let options = floe::serve::ServeOptions {
         addr,
         api_key: args.api_key.clone(),
@@ -867,27 +874,12 @@ fn chat(args: ChatCommandArgs) -> Result<()> {
         bail!("--raw has no meaning in a chat (the chat template makes the turns)");
     }
     let sampling = args.sampling.to_sampling()?;
-    let (model, tokenizer, template) = match &args.model {
-        Some(dir) => (args.load.load(dir)?, generate::load_tokenizer(dir)?, ChatTemplate::for_model(dir)?),
-        None => {
-            eprintln!("floe: no --model given: chatting with the built-in default model (random weights: its text is meaningless)");
-            let (model, tokenizer) = floe::synthetic::default_model();
-            (model, tokenizer, ChatTemplate::builtin())
-        }
-    };
+    let ForGeneration { model, tokenizer, template, eos } = load_for_generation(args.model.as_deref(), &args.load, "chatting with")?;
     let mut tools = floe::conversation::builtin_tools();
     if let Some(path) = &args.tools {
         tools.extend(floe::chat::read_tools(path)?);
     }
-    let eos = end_tokens(args.model.as_deref(), &model.config, &tokenizer);
-    let generation = Generation {
-        max_tokens: args.tokens,
-        sampling,
-        stop: args.chat.stop.clone(),
-        think_budget: args.chat.think_budget,
-        thinking: false,
-        ignore_eos: args.chat.ignore_eos,
-    };
+    let generation = args.chat.generation(args.tokens, sampling);
     let choice = args.backend;
     on_backend(model, choice, Chat { args, tokenizer, template, tools, generation, eos })
 }

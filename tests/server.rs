@@ -35,9 +35,13 @@ fn start_with(extra: &[&str]) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server { child, port };
+    up(Server { child, port })
+}
+
+/// The server once it answers /health.
+fn up(server: Server) -> Server {
     let start = Instant::now();
-    while request(&server, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+    while !healthy(&server) {
         assert!(start.elapsed() < Duration::from_secs(30), "the server did not come up");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -180,12 +184,7 @@ fn the_seeds_serve_flag_starts_the_server() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server { child, port };
-    let start = Instant::now();
-    while !healthy(&server) {
-        assert!(start.elapsed() < Duration::from_secs(30), "floe --serve did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let server = up(Server { child, port });
     let r = post(&server, "/v1/completions", r#"{"prompt": "Once", "max_tokens": 3}"#);
     assert!(r.starts_with("HTTP/1.1 200") && r.contains("text_completion"), "{r}");
 }
