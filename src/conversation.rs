@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::backend::Backend;
 use crate::chat::{ChatRequest, ChatTemplate};
-use crate::generate::{Generation, Outcome, Session};
+use crate::generate::{Generation, Outcome, Part, Session, ThoughtSplitter};
 use crate::tool_calls::{self, ToolCall};
 
 /// Tools floe runs itself when the model calls them.
@@ -276,51 +276,49 @@ fn read_turn(editor: &mut rustyline::DefaultEditor, prompt: &str) -> Result<Opti
 struct Printer {
     color: bool,
     hide_thinking: bool,
-    in_thought: bool,
-    /// Text held while it might be the start of `</think>`.
-    held: String,
+    parts: ThoughtSplitter,
+    /// Whether the terminal is dimmed now.
+    dim: bool,
 }
 
 impl Printer {
     fn new(color: bool, hide_thinking: bool, thinking: bool) -> Printer {
-        let p = Printer { color, hide_thinking, in_thought: thinking, held: String::new() };
-        if p.in_thought && p.color && !p.hide_thinking {
-            print!("\x1b[2m");
-        }
-        p
+        Printer { color, hide_thinking, parts: ThoughtSplitter::new(thinking), dim: false }
     }
 
-    fn print(&mut self, text: &str) {
-        self.held.push_str(text);
+    fn show(&mut self, parts: Vec<Part>) {
         let mut out = std::io::stdout();
-        if self.in_thought {
-            if let Some(end) = self.held.find("</think>") {
-                let thought: String = self.held.drain(..end + "</think>".len()).collect();
-                if !self.hide_thinking {
-                    let _ = write!(out, "{thought}{}", if self.color { "\x1b[0m" } else { "" });
+        for part in parts {
+            match part {
+                Part::Thought(t) if !self.hide_thinking => {
+                    if self.color && !self.dim {
+                        let _ = write!(out, "\x1b[2m");
+                        self.dim = true;
+                    }
+                    let _ = write!(out, "{t}");
                 }
-                self.in_thought = false;
-                self.held = self.held.trim_start_matches('\n').to_string();
-            } else {
-                let keep = (1.."</think>".len()).rev().find(|&n| self.held.ends_with(&"</think>"[..n])).unwrap_or(0);
-                let ready: String = self.held.drain(..self.held.len() - keep).collect();
-                if !self.hide_thinking {
-                    let _ = write!(out, "{ready}");
+                Part::Thought(_) => {}
+                Part::Answer(t) => {
+                    if self.dim {
+                        let _ = write!(out, "\x1b[0m\n");
+                        self.dim = false;
+                    }
+                    let _ = write!(out, "{t}");
                 }
             }
         }
-        if !self.in_thought {
-            let _ = write!(out, "{}", std::mem::take(&mut self.held));
-        }
         let _ = out.flush();
     }
 
+    fn print(&mut self, text: &str) {
+        let parts = self.parts.push(text);
+        self.show(parts);
+    }
+
     fn end(&mut self) {
-        let mut out = std::io::stdout();
-        if !(self.in_thought && self.hide_thinking) {
-            let _ = write!(out, "{}", std::mem::take(&mut self.held));
-        }
-        let _ = writeln!(out, "{}", if self.color { "\x1b[0m" } else { "" });
-        let _ = out.flush();
+        let parts = self.parts.finish();
+        self.show(parts);
+        let _ = writeln!(std::io::stdout(), "{}", if self.dim { "\x1b[0m" } else { "" });
+        self.dim = false;
     }
 }

@@ -247,7 +247,70 @@ impl<'m, B: Backend> Session<'m, B> {
     }
 }
 
-/// The length of the longest end of `text` that is a proper beginning of `stop`.
-fn partial_suffix(text: &str, stop: &str) -> usize {
+/// The length of the longest end of `text` that is a proper beginning of `tag` (text to hold back while it may
+/// still become `tag`).
+pub fn partial_suffix(text: &str, stop: &str) -> usize {
     (1..stop.len()).rev().find(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n])).unwrap_or(0)
+}
+
+const THINK_END: &str = "</think>";
+
+/// Part of a streamed answer: thinking (before `</think>`, when the prompt opened `<think>`) or the answer.
+#[derive(Debug, PartialEq)]
+pub enum Part {
+    Thought(String),
+    Answer(String),
+}
+
+/// Splits a streamed answer into thinking and answer, never passing on part of `</think>`.
+pub struct ThoughtSplitter {
+    in_thought: bool,
+    held: String,
+    /// Right after `</think>`: the newlines that separate it from the answer are dropped.
+    after_thought: bool,
+}
+
+impl ThoughtSplitter {
+    /// `thinking`: the prompt left the model inside `<think>`.
+    pub fn new(thinking: bool) -> ThoughtSplitter {
+        ThoughtSplitter { in_thought: thinking, held: String::new(), after_thought: false }
+    }
+
+    pub fn push(&mut self, text: &str) -> Vec<Part> {
+        self.held.push_str(text);
+        let mut out = Vec::new();
+        if self.in_thought {
+            match self.held.find(THINK_END) {
+                Some(end) => {
+                    out.push(Part::Thought(self.held[..end].to_string()));
+                    self.held.drain(..end + THINK_END.len());
+                    self.in_thought = false;
+                    self.after_thought = true;
+                }
+                None => {
+                    let keep = partial_suffix(&self.held, THINK_END);
+                    out.push(Part::Thought(self.held.drain(..self.held.len() - keep).collect()));
+                }
+            }
+        }
+        if !self.in_thought {
+            if self.after_thought {
+                self.held = self.held.trim_start_matches('\n').to_string();
+                self.after_thought = self.held.is_empty();
+            }
+            out.push(Part::Answer(std::mem::take(&mut self.held)));
+        }
+        out.retain(|p| !matches!(p, Part::Thought(t) | Part::Answer(t) if t.is_empty()));
+        out
+    }
+
+    /// The end of the answer: what is held, as what it is.
+    pub fn finish(&mut self) -> Vec<Part> {
+        let held = std::mem::take(&mut self.held);
+        match (held.is_empty(), self.in_thought) {
+            (true, _) => vec![],
+            (false, true) => vec![Part::Thought(held)],
+            (false, false) => vec![Part::Answer(held)],
+        }
+    }
 }

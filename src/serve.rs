@@ -29,7 +29,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::backend::Backend;
 use crate::chat::{ChatRequest, ChatTemplate};
-use crate::generate::{Finish, Generation, Session};
+use crate::generate::{Finish, Generation, Part, Session, ThoughtSplitter};
 use crate::model::{Model, State};
 use crate::sample::Sampling;
 use crate::tool_calls::{Piece, ToolCall, ToolCallParser};
@@ -68,6 +68,15 @@ enum Event {
     Call(ToolCall),
     Done { finish: Finish, prompt_tokens: usize, completion_tokens: usize, tool_calls: bool },
     Failed(String),
+}
+
+impl From<Piece> for Event {
+    fn from(p: Piece) -> Event {
+        match p {
+            Piece::Text(t) => Event::Content(t),
+            Piece::Call(c) => Event::Call(c),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -184,60 +193,32 @@ fn run_job<B: Backend>(
         }
         kept.push_back((prefix.clone(), session.copy_state()?));
     }
-    let thinking = job.generation.thinking;
+    let mut parts = ThoughtSplitter::new(job.generation.thinking);
     let mut parser = ToolCallParser::with_tools(&job.tools);
-    let in_thought = std::cell::Cell::new(thinking);
     let mut any_call = false;
     let events = &job.events;
-    // Splits the streamed text into reasoning (before `</think>` when the prompt opened it), content and calls.
-    let mut route = |text: &str, ended: bool| -> bool {
-        let mut pieces = Vec::new();
-        let mut text = text.to_string();
-        if in_thought.get() {
-            match text.find("</think>") {
-                Some(at) => {
-                    let thought = text[..at].to_string();
-                    if !thought.is_empty() && events.send(Event::Reasoning(thought)).is_err() {
-                        return false;
-                    }
-                    in_thought.set(false);
-                    text = text[at + "</think>".len()..].trim_start_matches('\n').to_string();
-                }
-                None => return text.is_empty() || events.send(Event::Reasoning(text)).is_ok(),
+    // Thinking goes out as reasoning; the answer through the tool-call parser, as text and calls.
+    let mut route = |split: Vec<Part>, parser: &mut ToolCallParser, ended: bool| -> bool {
+        let mut out = Vec::new();
+        for part in split {
+            match part {
+                Part::Thought(t) => out.push(Event::Reasoning(t)),
+                Part::Answer(t) => out.extend(parser.push(&t).into_iter().map(Event::from)),
             }
         }
-        pieces.extend(parser.push(&text));
         if ended {
-            pieces.extend(parser.finish());
+            out.extend(parser.finish().into_iter().map(Event::from));
         }
-        for p in pieces {
-            let event = match p {
-                Piece::Text(t) => Event::Content(t),
-                Piece::Call(c) => {
-                    any_call = true;
-                    Event::Call(c)
-                }
-            };
+        for event in out {
+            any_call |= matches!(event, Event::Call(_));
             if events.send(event).is_err() {
                 return false;
             }
         }
         true
     };
-    // `</think>` may arrive split over pieces: hold a tail that could begin it.
-    let mut held = String::new();
-    let outcome = session.generate_ids(&rest, &job.generation, |piece| {
-        held.push_str(piece);
-        let keep_back = if in_thought.get() {
-            (1.."</think>".len()).rev().find(|&n| held.ends_with(&"</think>"[..n])).unwrap_or(0)
-        } else {
-            0
-        };
-        let ready: String = held.drain(..held.len() - keep_back).collect();
-        route(&ready, false) && !events.is_closed()
-    })?;
-    let tail = std::mem::take(&mut held);
-    route(&tail, true);
+    let outcome = session.generate_ids(&rest, &job.generation, |piece| route(parts.push(piece), &mut parser, false) && !events.is_closed())?;
+    route(parts.finish(), &mut parser, true);
     metrics.prompt_tokens.fetch_add((prefix.len() + rest.len()) as u64, Relaxed);
     metrics.completion_tokens.fetch_add(outcome.generated_tokens as u64, Relaxed);
     let _ = events.send(Event::Done {

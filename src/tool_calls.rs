@@ -81,7 +81,7 @@ impl ToolCallParser {
                 self.in_call = true;
             } else {
                 // Pass on all but a tail that could still grow into `<tool_call>`.
-                let keep = (1..OPEN.len()).rev().find(|&n| self.held.ends_with(&OPEN[..n])).unwrap_or(0);
+                let keep = crate::generate::partial_suffix(&self.held, OPEN);
                 let text: String = self.held.drain(..self.held.len() - keep).collect();
                 push_text(&mut out, &text);
                 break;

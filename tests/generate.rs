@@ -68,3 +68,29 @@ fn cancelling_stops_at_once() {
     assert_eq!(pieces, 3);
     assert!(out.generated_tokens < 30);
 }
+
+/// Thinking and answer split apart however the text arrives, with no part of `</think>` in either.
+#[test]
+fn thoughts_split_from_answers_in_any_pieces() {
+    use floe::generate::{Part, ThoughtSplitter};
+    let text = "Let me see: 6*7 is 42.</think>\n\nIt is 42.";
+    for size in 1..=text.len() {
+        let mut split = ThoughtSplitter::new(true);
+        let mut parts = Vec::new();
+        let chars: Vec<char> = text.chars().collect();
+        for chunk in chars.chunks(size) {
+            parts.extend(split.push(&chunk.iter().collect::<String>()));
+        }
+        parts.extend(split.finish());
+        let (mut thought, mut answer) = (String::new(), String::new());
+        for p in parts {
+            match p {
+                Part::Thought(t) => thought += &t,
+                Part::Answer(t) => answer += &t,
+            }
+        }
+        assert_eq!((thought.as_str(), answer.as_str()), ("Let me see: 6*7 is 42.", "It is 42."), "pieces of {size}");
+    }
+    let mut no_thinking = ThoughtSplitter::new(false);
+    assert_eq!(no_thinking.push("a</think>b"), vec![Part::Answer("a</think>b".into())]);
+}
