@@ -300,7 +300,7 @@ impl Printer {
                 Part::Thought(_) => {}
                 Part::Answer(t) => {
                     if self.dim {
-                        let _ = write!(out, "\x1b[0m\n");
+                        let _ = writeln!(out, "\x1b[0m");
                         self.dim = false;
                     }
                     let _ = write!(out, "{t}");
