@@ -214,3 +214,30 @@ fn the_next_turn_reuses_the_kept_prefix() {
     assert_eq!(reused, 0);
     assert_eq!(answer, fresh, "continuing from a kept state answers as prefilling everything does");
 }
+
+/// A full queue answers 429 at once, and the server goes on.
+#[test]
+fn a_full_queue_answers_429() {
+    let server = start_with(&["--queue-limit", "1"]);
+    let long = r#"{"messages": [{"role": "user", "content": "go on"}], "max_tokens": 3000, "stream": true}"#;
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\nContent-Length: {}\r\n\r\n{long}",
+        long.len()
+    );
+    let mut busy = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    busy.write_all(raw.as_bytes()).unwrap();
+    let mut first = [0u8; 256];
+    let _ = busy.read(&mut first).unwrap();
+    let r = post(&server, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#);
+    assert!(r.starts_with("HTTP/1.1 429") && r.contains("rate_limit_error"), "{r}");
+    drop(busy);
+    let start = Instant::now();
+    loop {
+        let r = post(&server, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#);
+        if r.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the queue did not drain: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
