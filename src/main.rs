@@ -53,6 +53,23 @@ enum Command {
     Chat(ChatCommandArgs),
     /// Serve a model over HTTP with OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models).
     Serve(ServeArgs),
+    /// Plot figures from a `floe bench --log` file as an SVG chart.
+    Plot(PlotArgs),
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// The log `floe bench --log` appended to (one JSON object per line).
+    log: PathBuf,
+    /// The SVG file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// The report field on the x axis (default: the run's number in the log).
+    #[arg(long)]
+    x: Option<String>,
+    /// Report fields to plot, one line each (may be given several times).
+    #[arg(long, default_values_t = ["decode_tok_s".to_string()])]
+    y: Vec<String>,
 }
 
 #[derive(Args)]
@@ -428,6 +445,7 @@ fn main() -> ExitCode {
         Some(Command::Template(args)) => template(args),
         Some(Command::Chat(args)) => chat(args),
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Plot(args)) => plot(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -902,6 +920,42 @@ impl Job for Chat {
         let options = floe::conversation::ChatOptions { system: self.args.chat.system.clone(), hide_thinking: self.args.hide_thinking, history_file };
         floe::conversation::run_chat(chat, options)
     }
+}
+
+fn plot(args: PlotArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.log).with_context(|| format!("cannot read {}", args.log.display()))?;
+    let runs: Vec<serde_json::Value> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not JSON", args.log.display(), i + 1)))
+        .collect::<Result<_>>()?;
+    let x_of = |i: usize, run: &serde_json::Value| match &args.x {
+        Some(field) => run[field].as_f64(),
+        None => Some((i + 1) as f64),
+    };
+    let mut series = Vec::new();
+    for field in &args.y {
+        let mut points: Vec<[f64; 2]> =
+            runs.iter().enumerate().filter_map(|(i, r)| Some([x_of(i, r)?, r[field.as_str()].as_f64()?])).collect();
+        points.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        if points.is_empty() {
+            bail!("{}: no run has numbers for `{field}` and the x axis", args.log.display());
+        }
+        series.push(poloto::build::plot(field.clone()).line(points));
+    }
+    let x_label = args.x.clone().unwrap_or_else(|| "run".into());
+    let svg = poloto::frame_build()
+        .data(poloto::plots!(poloto::build::origin(), series))
+        .build_and_label(("floe bench", x_label.as_str(), args.y.join(", ").as_str()))
+        .append_to(poloto::header().light_theme())
+        .render_string()
+        .map_err(|e| anyhow::anyhow!("cannot draw the chart: {e}"))?;
+    let partial = args.out.with_extension("svg.partial");
+    std::fs::write(&partial, svg).with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::rename(&partial, &args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!("floe: wrote {} ({} runs)", args.out.display(), runs.len());
+    Ok(())
 }
 
 fn template(args: TemplateArgs) -> Result<()> {

@@ -226,6 +226,13 @@ fn streaming_flags_on_the_command_line() {
     assert_eq!(logged.len(), 2, "--log appends one line per run");
     assert_eq!(logged[1]["decode_tok_s"], report["decode_tok_s"]);
     assert!(logged[1]["options"].as_array().unwrap().iter().any(|o| o == "lfu"));
+    let svg = tmp.path().join("bench.svg");
+    let out = floe(&["plot", log.to_str().unwrap(), "--out", svg.to_str().unwrap(), "--y", "expert_bytes_read"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("expert_bytes_read"), "{svg}");
+    let out = floe(&["plot", log.to_str().unwrap(), "--out", "/tmp/x.svg", "--y", "no_such_field"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no run has numbers"));
 
     let npy = tmp.path().join("x.npy");
     let logits = ["logits", "--model", d, "--tokens", "1,2", "--out", npy.to_str().unwrap()];
