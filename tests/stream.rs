@@ -109,6 +109,9 @@ fn streamed_logits_equal_resident_logits_bit_for_bit_on_the_gpu() {
             let got = run(&model, &tokens);
             let err = relative_error(&got, &expected);
             assert!(got == expected, "{name}: streamed through {slots} GPU slots ({policy:?}) differs by {err:.2e}");
+            let bind_groups = model.backend.cached_bind_groups();
+            run(&model, &tokens);
+            assert_eq!(model.backend.cached_bind_groups(), bind_groups, "{name}: streaming keeps making bind groups");
             if slots == every {
                 let stats = model.store.as_ref().unwrap().stats();
                 assert!(stats.disk_reads <= every, "{name}: with every expert in GPU slots, each is read once ({stats:?})");

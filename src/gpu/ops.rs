@@ -339,7 +339,7 @@ impl Backend for Gpu {
         let mut first = 0;
         while first < pairs {
             let (covered, slot_ids) = self.stage_experts(slots, *layer, &ids, r.k, e.routed, first)?;
-            let slot_ids = self.upload("expert slots of a layer", bytemuck::cast_slice(&slot_ids))?;
+            let slot_ids = slots.slot_ids(self, *layer, &slot_ids)?;
             self.expert_kernels(x, &slot_ids, r.k, e, first..first + covered, &act, &out);
             first += covered;
             if first < pairs {

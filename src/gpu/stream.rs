@@ -32,6 +32,9 @@ pub struct ExpertSlots {
     /// Two, used in turn: a prefill reads the next chunk into one while the GPU copies from the other.
     staging: [Staging; 2],
     next_staging: std::cell::Cell<usize>,
+    /// Per layer, the slot of each (token, j) pair for the expert kernels: kept, so a decode step allocates
+    /// nothing and finds its bind groups cached.
+    slot_ids: RefCell<Vec<Option<Rc<Buf>>>>,
 }
 
 struct SlotPool {
@@ -101,7 +104,14 @@ impl ExpertSlots {
             });
             Staging { buffer, records, mapped: Arc::new(AtomicBool::new(true)) }
         };
-        Ok(ExpertSlots { store, stride, pools, staging: [staging(), staging()], next_staging: Default::default() })
+        Ok(ExpertSlots {
+            store,
+            stride,
+            pools,
+            staging: [staging(), staging()],
+            next_staging: Default::default(),
+            slot_ids: Default::default(),
+        })
     }
 
     fn pool(&self, layer: usize) -> &SlotPool {
@@ -116,6 +126,22 @@ impl ExpertSlots {
     /// The fixed slot of layer `layer`'s shared expert.
     fn shared_slot(&self, layer: usize) -> u32 {
         (layer / self.pools.len()) as u32
+    }
+
+    /// Layer `layer`'s buffer of pair slots, holding `slots`. Written through the queue: the write lands before
+    /// the next submission, and whatever read this buffer before was submitted already (a CPU↔GPU sync per
+    /// layer; a submission after each chunk of a prefill).
+    pub(super) fn slot_ids(&self, gpu: &Gpu, layer: usize, slots: &[u32]) -> Result<Rc<Buf>> {
+        let mut kept = self.slot_ids.borrow_mut();
+        if kept.len() <= layer {
+            kept.resize(layer + 1, None);
+        }
+        if kept[layer].as_ref().is_none_or(|b| b.buffer.size() < (slots.len() * 4) as u64) {
+            kept[layer] = Some(Rc::new(gpu.zeros(slots.len().next_power_of_two())?));
+        }
+        let buf = kept[layer].clone().expect("made above");
+        gpu.queue.write_buffer(&buf.buffer, 0, bytemuck::cast_slice(slots));
+        Ok(buf)
     }
 
     /// Puts layer `layer`'s shared expert (a record in the store's layout) into its fixed slot.
