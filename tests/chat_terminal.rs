@@ -18,6 +18,17 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// `floe chat ARGS` in a new tmux session (HOME = `home`), once it shows its prompt. The pane runs `sleep` after
+    /// the program, so its exit can be seen.
+    fn chat(tag: &str, home: &Path, args: &str) -> Tmux {
+        let name = format!("floe-{tag}-{}", std::process::id());
+        let command = format!("HOME={} {} chat {args}; sleep 30", home.display(), env!("CARGO_BIN_EXE_floe"));
+        Tmux::run(&["new-session", "-d", "-s", &name, "-x", "200", "-y", "50", &command]);
+        let t = Tmux { name };
+        t.wait_for(">>> ", 1);
+        t
+    }
+
     fn run(args: &[&str]) -> String {
         let out = Command::new("tmux").args(args).output().expect("running tmux");
         String::from_utf8_lossy(&out.stdout).to_string()
@@ -131,16 +142,7 @@ fn a_model_calls_a_built_in_tool_in_a_terminal() {
     let home = tempfile::tempdir().unwrap();
     let model = home.path().join("tool-caller");
     write_tool_calling_model(&model);
-    let name = format!("floe-tools-{}", std::process::id());
-    let command = format!(
-        "HOME={} {} chat --model {} --backend cpu --no-think; sleep 30",
-        home.path().display(),
-        env!("CARGO_BIN_EXE_floe"),
-        model.display()
-    );
-    Tmux::run(&["new-session", "-d", "-s", &name, "-x", "200", "-y", "50", &command]);
-    let t = Tmux { name };
-    t.wait_for(">>> ", 1);
+    let t = Tmux::chat("tools", home.path(), &format!("--model {} --backend cpu --no-think", model.display()));
     t.keys(&["What is 6*7?", "Enter"]);
     let screen = t.wait_for("rounds of tool calls", 1);
     assert!(screen.contains(r#"[tool calculator({"expression":"6*7"}) → 42]"#), "{screen}");
@@ -161,15 +163,7 @@ fn chat_in_a_terminal() {
     }
     let home = tempfile::tempdir().unwrap();
     let saved = home.path().join("conversation.json");
-    let name = format!("floe-chat-{}", std::process::id());
-    let command = format!(
-        "HOME={} {} chat --backend cpu --tokens 100000 --ignore-eos --no-think; sleep 30",
-        home.path().display(),
-        env!("CARGO_BIN_EXE_floe")
-    );
-    Tmux::run(&["new-session", "-d", "-s", &name, "-x", "200", "-y", "50", &command]);
-    let t = Tmux { name };
-    t.wait_for(">>> ", 1);
+    let t = Tmux::chat("chat", home.path(), "--backend cpu --tokens 100000 --ignore-eos --no-think");
 
     // A long answer (up to 100,000 tokens), stopped with Ctrl-C; the chat goes on.
     t.keys(&["Tell me a long story", "Enter"]);

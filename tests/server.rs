@@ -70,6 +70,20 @@ fn post(server: &Server, path: &str, body: &str) -> String {
     request(server, &raw).unwrap()
 }
 
+/// Starts a long streamed answer and waits for its first bytes; the connection stays open until dropped.
+fn open_stream(server: &Server, max_tokens: usize) -> TcpStream {
+    let body = format!(r#"{{"messages": [{{"role": "user", "content": "go on"}}], "max_tokens": {max_tokens}, "stream": true}}"#);
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut first = [0u8; 256];
+    let _ = s.read(&mut first).unwrap();
+    s
+}
+
 fn healthy(server: &Server) -> bool {
     request(server, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").is_ok_and(|r| r.starts_with("HTTP/1.1 200") && r.contains("\"ok\""))
 }
@@ -140,16 +154,7 @@ fn bad_slow_and_vanishing_clients_do_not_stop_the_server() {
     assert!(r.starts_with("HTTP/1.1 401"), "no key: {r}");
 
     // A client that leaves mid-stream: its generation stops (the next request is served at once).
-    let long = r#"{"messages": [{"role": "user", "content": "go on"}], "max_tokens": 4000, "stream": true}"#;
-    let raw = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\nContent-Length: {}\r\n\r\n{long}",
-        long.len()
-    );
-    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut first = [0u8; 512];
-    let _ = s.read(&mut first).unwrap();
-    drop(s);
+    drop(open_stream(&server, 4000));
     let start = Instant::now();
     let r = post(&server, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}"#);
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
@@ -219,15 +224,7 @@ fn the_next_turn_reuses_the_kept_prefix() {
 #[test]
 fn a_full_queue_answers_429() {
     let server = start_with(&["--queue-limit", "1"]);
-    let long = r#"{"messages": [{"role": "user", "content": "go on"}], "max_tokens": 3000, "stream": true}"#;
-    let raw = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\nContent-Length: {}\r\n\r\n{long}",
-        long.len()
-    );
-    let mut busy = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    busy.write_all(raw.as_bytes()).unwrap();
-    let mut first = [0u8; 256];
-    let _ = busy.read(&mut first).unwrap();
+    let busy = open_stream(&server, 3000);
     let r = post(&server, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#);
     assert!(r.starts_with("HTTP/1.1 429") && r.contains("rate_limit_error"), "{r}");
     drop(busy);
