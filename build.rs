@@ -37,27 +37,33 @@ fn variants() -> Vec<(String, &'static str, Value)> {
         for subgroups in [false, true] {
             let sg = if subgroups { "_sg" } else { "" };
             for nt in [1, 8] {
-                v.push((format!("matmul_{f}_nt{nt}{sg}"), "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups }));
+                for split in [false, true] {
+                    let name = format!("matmul_{f}_nt{nt}{}{sg}", if split { "_split" } else { "" });
+                    v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split }));
+                }
             }
             v.push((format!("expert_gate_up_{f}{sg}"), "expert_gate_up.wgsl", context! { fmt => fmt.clone(), subgroups }));
             v.push((format!("expert_down_{f}{sg}"), "expert_down.wgsl", context! { fmt => fmt.clone(), subgroups }));
         }
         v.push((format!("embed_{f}"), "embed.wgsl", context! { fmt }));
     }
-    for (name, gated, residual) in [("rms_norm", false, false), ("rms_norm_gated", true, false), ("add_rms_norm", false, true)] {
+    let norms = [
+        ("rms_norm", false, ""),
+        ("rms_norm_gated", true, ""),
+        ("add_rms_norm", false, "add"),
+        ("moe_combine_rms_norm", false, "moe"),
+        ("moe_combine_shared_rms_norm", false, "moe_shared"),
+    ];
+    for (name, gated, residual) in norms {
         v.push((name.to_string(), "rms_norm.wgsl", context! { gated, residual }));
     }
-    for shared in [false, true] {
-        let name = if shared { "moe_combine_shared" } else { "moe_combine" };
-        v.push((name.to_string(), "moe_combine.wgsl", context! { shared }));
-    }
-    for op in ["mul_sigmoid", "swiglu", "split_heads", "copy"] {
+    for op in ["swiglu", "copy", "kv_append"] {
         v.push((op.to_string(), "elementwise.wgsl", context! { op }));
     }
     for stage in ["partial", "final"] {
         v.push((format!("argmax_{stage}"), "argmax.wgsl", context! { stage }));
     }
-    for plain in ["rope", "attention", "attention_combine", "conv1d", "delta_rule", "router"] {
+    for plain in ["attention_heads", "attention", "attention_combine", "conv1d", "delta_rule", "router"] {
         v.push((plain.to_string(), Box::leak(format!("{plain}.wgsl").into_boxed_str()), context! {}));
     }
     v

@@ -6,8 +6,10 @@
 
 use anyhow::Result;
 
-use crate::config::LinearAttnConfig;
+use crate::config::{LinearAttnConfig, ModelConfig};
 use crate::weights::{LinearAttnWeights, Storage};
+#[cfg(doc)]
+use crate::weights::Transfer;
 
 pub trait Backend: Storage + Sized {
     /// An f32 activation array.
@@ -31,19 +33,33 @@ pub trait Backend: Storage + Sized {
     fn embed(&self, table: &Self::Matrix, tokens: &[u32]) -> Result<Self::Act>;
     /// `x [t, in] · wᵀ` for `w [out, in]`: `[t, out]`.
     fn matmul(&self, x: &Self::Act, w: &Self::Matrix) -> Self::Act;
+    /// `x · wᵀ` for each of `ws`, matrices that take the same input: as many [`Backend::matmul`]s, in one pass
+    /// where the backend can (the GPU can for matrices uploaded together by [`Transfer::matrices`]).
+    fn matmuls<const N: usize>(&self, x: &Self::Act, ws: [&Self::Matrix; N]) -> [Self::Act; N] {
+        ws.map(|w| self.matmul(x, w))
+    }
     /// RMSNorm of each `dim`-long row, times `weight`.
     fn rms_norm(&self, x: &Self::Act, weight: &Self::Vector, dim: usize, eps: f32) -> Self::Act;
     /// `hidden += x`, then RMSNorm of hidden's `dim`-long rows times `weight` (a residual add and the next norm).
     fn add_rms_norm(&self, hidden: &mut Self::Act, x: &Self::Act, weight: &Self::Vector, dim: usize, eps: f32) -> Self::Act;
     /// RMSNorm of each `dim`-long row, times `weight`, times silu(z).
     fn rms_norm_gated(&self, x: &Self::Act, weight: &Self::Vector, z: &Self::Act, dim: usize, eps: f32) -> Self::Act;
-    /// Rows of `2·width` split in their halves: ([rows, width], [rows, width]).
-    fn split_heads(&self, x: &Self::Act, width: usize) -> (Self::Act, Self::Act);
-    /// Rotary embedding on the first `rot` dims of each head of `x [t, heads, head_dim]`, token i at `pos0 + i`.
+    /// Full attention's query and key heads made ready: `projected` (q_proj's output, `[t, nh, hd]`, or with the
+    /// output gate `[t, nh, 2·hd]` of per-head [query | gate], the gate returned apart) and `k [t, nkv, hd]`,
+    /// each head RMS-normed with `q_norm` or `k_norm`, then RoPE'd on its first `rotary_dim` dims, token i at
+    /// position `pos0 + i`: (q, gate, k).
     #[allow(clippy::too_many_arguments)]
-    fn rope(&self, x: &mut Self::Act, heads: usize, head_dim: usize, rot: usize, pos0: usize, theta: f64);
+    fn attention_heads(
+        &self,
+        c: &ModelConfig,
+        projected: &Self::Act,
+        k: &Self::Act,
+        q_norm: &Self::Vector,
+        k_norm: &Self::Vector,
+        pos0: usize,
+    ) -> (Self::Act, Option<Self::Act>, Self::Act);
     /// Appends the new keys and values `[t, nkv·hd]` (at positions `pos0..`) to the cache, then runs causal
-    /// attention of `q [t, nh, hd]` over it: `[t, nh, hd]`.
+    /// attention of `q [t, nh, hd]` over it: `[t, nh, hd]`, times sigmoid(gate) element-wise when there is one.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -54,6 +70,7 @@ pub trait Backend: Storage + Sized {
         pos0: usize,
         heads: (usize, usize),
         head_dim: usize,
+        gate: Option<&Self::Act>,
     ) -> Result<Self::Act>;
     /// Gated DeltaNet's causal conv + SiLU over `x [t, channels]`, then its recurrence (updating `state`):
     /// `[t, hv·dv]`. `b` and `a` are `[t, hv]`.
@@ -66,8 +83,6 @@ pub trait Backend: Storage + Sized {
         a: &Self::Act,
         state: &mut Self::LinearState,
     ) -> Self::Act;
-    /// `x ·= sigmoid(gate)`, element-wise.
-    fn mul_sigmoid(&self, x: &mut Self::Act, gate: &Self::Act);
     /// `silu(gate) · up`, element-wise.
     fn swiglu(&self, gate: &Self::Act, up: &Self::Act) -> Self::Act;
     /// Softmax over each token's router logits `[t, experts]`, the `k` largest (ties to the lower index),
@@ -76,15 +91,20 @@ pub trait Backend: Storage + Sized {
     fn route(&self, logits: &Self::Act, experts: &Self::Experts, k: usize, renormalize: bool) -> Self::Routing;
     /// Every routed expert's SwiGLU MLP on its tokens: `[t·k, hidden]`, row `i·k + j` for token i's j-th expert.
     fn experts(&self, x: &Self::Act, routing: &Self::Routing, experts: &Self::Experts) -> Result<Self::Act>;
-    /// `hidden += Σ_j weight_j · expert_out_j (+ sigmoid(shared_gate) · shared_out)`, per token.
-    fn moe_combine(
+    /// The end of a MoE block and the next RMSNorm in one: `hidden += Σ_j weight_j · expert_out_j
+    /// (+ sigmoid(shared_gate) · shared_out)` per token, then RMSNorm of hidden's `width`-long rows times `weight`
+    /// (the next layer's input norm, or the final norm).
+    #[allow(clippy::too_many_arguments)]
+    fn moe_combine_rms_norm(
         &self,
         hidden: &mut Self::Act,
         expert_out: &Self::Act,
         routing: &Self::Routing,
         shared: Option<(&Self::Act, &Self::Act)>,
+        weight: &Self::Vector,
         width: usize,
-    );
+        eps: f32,
+    ) -> Self::Act;
     /// The last `width`-long row.
     fn last_row(&self, x: &Self::Act, width: usize) -> Self::Act;
     /// The values, in host memory (waits for the device).

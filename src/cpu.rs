@@ -6,7 +6,7 @@ use anyhow::Result;
 use rayon::prelude::*;
 
 use crate::backend::Backend;
-use crate::config::LinearAttnConfig;
+use crate::config::{LinearAttnConfig, ModelConfig};
 use crate::tensor::{Elems, Matrix};
 use crate::weights::{ExpertWeights, HostExperts, LinearAttnWeights, Storage};
 
@@ -94,17 +94,33 @@ impl Backend for Cpu {
         y
     }
 
-    fn split_heads(&self, x: &Vec<f32>, width: usize) -> (Vec<f32>, Vec<f32>) {
-        let (mut first, mut second) = (Vec::with_capacity(x.len() / 2), Vec::with_capacity(x.len() / 2));
-        for row in x.chunks(2 * width) {
-            first.extend_from_slice(&row[..width]);
-            second.extend_from_slice(&row[width..]);
-        }
-        (first, second)
-    }
-
-    fn rope(&self, x: &mut Vec<f32>, heads: usize, head_dim: usize, rot: usize, pos0: usize, theta: f64) {
-        rope(x, heads, head_dim, rot, pos0, theta)
+    fn attention_heads(
+        &self,
+        c: &ModelConfig,
+        projected: &Vec<f32>,
+        k: &Vec<f32>,
+        q_norm: &Vec<f32>,
+        k_norm: &Vec<f32>,
+        pos0: usize,
+    ) -> (Vec<f32>, Option<Vec<f32>>, Vec<f32>) {
+        let (nh, nkv, hd, eps) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps);
+        let (q, gate) = match c.attn_output_gate() {
+            // Per head [query | gate].
+            true => {
+                let (mut q, mut gate) = (Vec::with_capacity(projected.len() / 2), Vec::with_capacity(projected.len() / 2));
+                for row in projected.chunks(2 * hd) {
+                    q.extend_from_slice(&row[..hd]);
+                    gate.extend_from_slice(&row[hd..]);
+                }
+                (q, Some(gate))
+            }
+            false => (projected.clone(), None),
+        };
+        let mut q = self.rms_norm(&q, q_norm, hd, eps);
+        let mut k = self.rms_norm(k, k_norm, hd, eps);
+        rope(&mut q, nh, hd, c.rotary_dim, pos0, c.rope_theta);
+        rope(&mut k, nkv, hd, c.rotary_dim, pos0, c.rope_theta);
+        (q, gate, k)
     }
 
     fn attention(
@@ -116,10 +132,15 @@ impl Backend for Cpu {
         _pos0: usize,
         (nh, nkv): (usize, usize),
         hd: usize,
+        gate: Option<&Vec<f32>>,
     ) -> Result<Vec<f32>> {
         cache.keys.extend_from_slice(k);
         cache.values.extend_from_slice(v);
-        Ok(attention(q, q.len() / (nh * hd), nh, nkv, hd, &cache.keys, &cache.values))
+        let mut o = attention(q, q.len() / (nh * hd), nh, nkv, hd, &cache.keys, &cache.values);
+        if let Some(gate) = gate {
+            o.iter_mut().zip(gate).for_each(|(v, g)| *v *= sigmoid(*g));
+        }
+        Ok(o)
     }
 
     fn gated_delta_net(
@@ -133,10 +154,6 @@ impl Backend for Cpu {
     ) -> Vec<f32> {
         let conv = conv1d_silu(x, &w.conv1d, l.conv_channels(), l.conv_kernel, &mut state.conv);
         delta_rule(l, &conv, b, a, &w.a_log, &w.dt_bias, &mut state.recurrent)
-    }
-
-    fn mul_sigmoid(&self, x: &mut Vec<f32>, gate: &Vec<f32>) {
-        x.iter_mut().zip(gate).for_each(|(v, g)| *v *= sigmoid(*g));
     }
 
     fn swiglu(&self, gate: &Vec<f32>, up: &Vec<f32>) -> Vec<f32> {
@@ -183,14 +200,16 @@ impl Backend for Cpu {
         Ok(out)
     }
 
-    fn moe_combine(
+    fn moe_combine_rms_norm(
         &self,
         hidden: &mut Vec<f32>,
         expert_out: &Vec<f32>,
         routing: &Self::Routing,
         shared: Option<(&Vec<f32>, &Vec<f32>)>,
+        weight: &Vec<f32>,
         h: usize,
-    ) {
+        eps: f32,
+    ) -> Vec<f32> {
         let mut y = vec![0f32; h];
         for (tok, chosen) in routing.iter().enumerate() {
             y.fill(0.0);
@@ -204,6 +223,7 @@ impl Backend for Cpu {
             }
             hidden[tok * h..(tok + 1) * h].iter_mut().zip(&y).for_each(|(a, b)| *a += b);
         }
+        self.rms_norm(hidden, weight, h, eps)
     }
 
     fn last_row(&self, x: &Vec<f32>, width: usize) -> Vec<f32> {

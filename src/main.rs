@@ -693,7 +693,17 @@ impl Job for Bench {
         let after = model.backend.counters();
         let io = streamed().since(&at_decode);
         if args.profile {
-            profile_decode(model, &mut state, next, args.gen_tokens.max(1))?;
+            let n = args.gen_tokens.max(1);
+            profile_kernels(model, "decoded token", n, || {
+                for _ in 0..n {
+                    next = model.forward_greedy(&[next], &mut state)?;
+                }
+                Ok(())
+            })?;
+            let mut fresh = model.new_state()?;
+            profile_kernels(model, &format!("{}-token prefill", prompt.len()), 1, || {
+                model.forward_greedy(&prompt, &mut fresh).map(|_| ())
+            })?;
         }
         let n = args.gen_tokens.max(1) as f64;
         let report = serde_json::json!({
@@ -832,7 +842,8 @@ fn describe_io(io: &floe::store::StreamStats, tokens: f64, secs: f64) -> String 
 }
 
 /// Decodes `n` more tokens with every GPU dispatch timed, and prints GPU time per token by kernel.
-fn profile_decode<B: Backend + 'static>(model: &Model<B>, state: &mut floe::model::State<B>, mut next: u32, n: usize) -> Result<()> {
+/// GPU time per kernel over `run`, per `unit` (`runs` of them), printed the most expensive first.
+fn profile_kernels<B: Backend + 'static>(model: &Model<B>, unit: &str, runs: usize, run: impl FnOnce() -> Result<()>) -> Result<()> {
     let Some(gpu) = (&model.backend as &dyn std::any::Any).downcast_ref::<Gpu>() else {
         eprintln!("floe: --profile times GPU kernels; this run is on the CPU");
         return Ok(());
@@ -841,14 +852,13 @@ fn profile_decode<B: Backend + 'static>(model: &Model<B>, state: &mut floe::mode
         eprintln!("floe: --profile: this GPU has no timestamps inside passes");
         return Ok(());
     }
-    for _ in 0..n {
-        next = model.forward_greedy(&[next], state)?;
-    }
+    run()?;
     let rows = gpu.profile();
     let total: f64 = rows.iter().map(|r| r.1).sum();
-    println!("GPU time per decoded token: {:.3} ms in kernels", total / n as f64 * 1e3);
+    let n = runs as f64;
+    println!("GPU time per {unit}: {:.3} ms in kernels", total / n * 1e3);
     for (name, secs, count) in rows {
-        println!("  {name:32} {:8.1} us/token  {:6.1} dispatches/token  {:5.1}%", secs / n as f64 * 1e6, count as f64 / n as f64, 100.0 * secs / total);
+        println!("  {name:32} {:8.1} us  {:6.1} dispatches  {:5.1}%", secs / n * 1e6, count as f64 / n, 100.0 * secs / total);
     }
     Ok(())
 }

@@ -132,6 +132,16 @@ pub trait Transfer<S: Storage> {
     fn vector(&mut self, name: &str, v: &[f32]) -> Result<S::Vector>;
     fn experts(&mut self, layer: usize, experts: &HostExperts) -> Result<S::Experts>;
 
+    /// Matrices that take the same input (a layer's input projections); a storage may keep them together so
+    /// that one pass computes them all (the GPU uploads them as one matrix, see `Backend::matmuls`).
+    fn matrices<const N: usize>(&mut self, named: [(&str, &Matrix); N]) -> Result<[S::Matrix; N]>
+    where
+        Self: Sized,
+    {
+        let moved = named.iter().map(|(name, m)| self.matrix(name, m)).collect::<Result<Vec<_>>>()?;
+        Ok(moved.try_into().unwrap_or_else(|_| unreachable!("one matrix per name")))
+    }
+
     /// A layer's MoE block; a storage may lay it out otherwise than [`moe_parts`] does (the GPU keeps the shared
     /// expert as one more routed expert where their shapes agree).
     fn moe(&mut self, layer: usize, moe: &MoeWeights) -> Result<MoeWeights<S>> {
@@ -179,25 +189,40 @@ impl LayerWeights {
     pub fn transfer<S: Storage>(&self, i: usize, to: &mut impl Transfer<S>) -> Result<LayerWeights<S>> {
         let p = format!("layers.{i}.");
         let mixer = match &self.mixer {
-            Mixer::Attention(a) => Mixer::Attention(AttentionWeights {
-                q_proj: to.matrix(&format!("{p}attn.q_proj"), &a.q_proj)?,
-                k_proj: to.matrix(&format!("{p}attn.k_proj"), &a.k_proj)?,
-                v_proj: to.matrix(&format!("{p}attn.v_proj"), &a.v_proj)?,
-                o_proj: to.matrix(&format!("{p}attn.o_proj"), &a.o_proj)?,
-                q_norm: to.vector(&format!("{p}attn.q_norm"), &a.q_norm)?,
-                k_norm: to.vector(&format!("{p}attn.k_norm"), &a.k_norm)?,
-            }),
-            Mixer::Linear(x) => Mixer::Linear(LinearAttnWeights {
-                in_proj_qkv: to.matrix(&format!("{p}linear.in_proj_qkv"), &x.in_proj_qkv)?,
-                in_proj_z: to.matrix(&format!("{p}linear.in_proj_z"), &x.in_proj_z)?,
-                in_proj_b: to.matrix(&format!("{p}linear.in_proj_b"), &x.in_proj_b)?,
-                in_proj_a: to.matrix(&format!("{p}linear.in_proj_a"), &x.in_proj_a)?,
+            Mixer::Attention(a) => {
+                let [q_proj, k_proj, v_proj] = to.matrices([
+                    (&format!("{p}attn.q_proj"), &a.q_proj),
+                    (&format!("{p}attn.k_proj"), &a.k_proj),
+                    (&format!("{p}attn.v_proj"), &a.v_proj),
+                ])?;
+                Mixer::Attention(AttentionWeights {
+                    q_proj,
+                    k_proj,
+                    v_proj,
+                    o_proj: to.matrix(&format!("{p}attn.o_proj"), &a.o_proj)?,
+                    q_norm: to.vector(&format!("{p}attn.q_norm"), &a.q_norm)?,
+                    k_norm: to.vector(&format!("{p}attn.k_norm"), &a.k_norm)?,
+                })
+            }
+            Mixer::Linear(x) => {
+                let [in_proj_qkv, in_proj_z, in_proj_b, in_proj_a] = to.matrices([
+                    (&format!("{p}linear.in_proj_qkv"), &x.in_proj_qkv),
+                    (&format!("{p}linear.in_proj_z"), &x.in_proj_z),
+                    (&format!("{p}linear.in_proj_b"), &x.in_proj_b),
+                    (&format!("{p}linear.in_proj_a"), &x.in_proj_a),
+                ])?;
+                Mixer::Linear(LinearAttnWeights {
+                in_proj_qkv,
+                in_proj_z,
+                in_proj_b,
+                in_proj_a,
                 conv1d: to.vector(&format!("{p}linear.conv1d"), &x.conv1d)?,
                 a_log: to.vector(&format!("{p}linear.a_log"), &x.a_log)?,
                 dt_bias: to.vector(&format!("{p}linear.dt_bias"), &x.dt_bias)?,
                 norm: to.vector(&format!("{p}linear.norm"), &x.norm)?,
                 out_proj: to.matrix(&format!("{p}linear.out_proj"), &x.out_proj)?,
-            }),
+            })
+            }
         };
         Ok(LayerWeights {
             input_norm: to.vector(&format!("{p}input_norm"), &self.input_norm)?,

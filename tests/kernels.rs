@@ -139,6 +139,40 @@ fn matmul_every_format_and_odd_shapes() {
     }
 }
 
+/// Matrices uploaded together (a layer's input projections) run as one split dispatch, each matrix's rows to
+/// its own output; odd row counts put the splits inside workgroups.
+#[test]
+fn matrices_uploaded_together_run_in_one_dispatch() {
+    let Some(mut b) = bench() else { return };
+    let formats = ["f32", "bf16", "q4g64bf16", "q8g32f16", "q3g32bf16", "q6g128f32"];
+    // (rows of each of 3 or 4 matrices, cols, tokens)
+    let cases: [(&[usize], usize, usize); 4] = [(&[5, 3, 7], 128, 1), (&[37, 16, 4, 4], 256, 1), (&[64, 33, 1, 9], 128, 9), (&[1, 2, 3], 384, 17)];
+    for (format, (rows, cols, t)) in formats.iter().zip(cases.iter().cycle()) {
+        for subgroups in [true, false] {
+            b.gpu.set_subgroups(subgroups);
+            let host: Vec<Matrix> = rows.iter().map(|&r| b.matrix(r, *cols, format)).collect();
+            let (x, gx) = b.random(t * cols, 1.0);
+            let what = format!("{format} rows {rows:?} x {cols}, {t} tokens, subgroups {subgroups}");
+            let before = b.gpu.counters().dispatches;
+            let outputs: Vec<<Gpu as Backend>::Act> = match host.as_slice() {
+                [q, k, v] => {
+                    let up = Transfer::<Gpu>::matrices(&mut &b.gpu, [("q", q), ("k", k), ("v", v)]).unwrap();
+                    b.gpu.matmuls(&gx, [&up[0], &up[1], &up[2]]).into()
+                }
+                [m0, m1, m2, m3] => {
+                    let up = Transfer::<Gpu>::matrices(&mut &b.gpu, [("0", m0), ("1", m1), ("2", m2), ("3", m3)]).unwrap();
+                    b.gpu.matmuls(&gx, [&up[0], &up[1], &up[2], &up[3]]).into()
+                }
+                _ => unreachable!(),
+            };
+            assert_eq!(b.gpu.counters().dispatches - before, 1, "{what}: one dispatch");
+            for (i, (m, out)) in host.iter().zip(&outputs).enumerate() {
+                b.check(&format!("{what}: matrix {i}"), &Cpu.matmul(&x, m), out, SUMS);
+            }
+        }
+    }
+}
+
 #[test]
 fn embedding_rows_every_format() {
     let Some(mut b) = bench() else { return };
@@ -154,7 +188,7 @@ fn embedding_rows_every_format() {
 }
 
 #[test]
-fn norms_rope_and_element_wise_ops() {
+fn norms_and_element_wise_ops() {
     let Some(mut b) = bench() else { return };
     for (rows, dim) in [(1, 1), (5, 7), (3, 64), (2, 300)] {
         let (x, gx) = b.random(rows * dim, 2.0);
@@ -170,10 +204,6 @@ fn norms_rope_and_element_wise_ops() {
         let cpu = Cpu.rms_norm_gated(&x, &w, &z, dim, 1e-6);
         b.check("rms_norm_gated", &cpu, &b.gpu.rms_norm_gated(&gx, &gw, &gz, dim, 1e-6), SUMS);
         b.check("swiglu", &Cpu.swiglu(&x, &z), &b.gpu.swiglu(&gx, &gz), ELEMENTWISE);
-        let (mut cx, mut g) = b.both(&x);
-        Cpu.mul_sigmoid(&mut cx, &z);
-        b.gpu.mul_sigmoid(&mut g, &gz);
-        b.check("mul_sigmoid", &cx, &g, ELEMENTWISE);
         b.check("last_row", &Cpu.last_row(&x, dim), &b.gpu.last_row(&gx, dim), 0.0);
     }
     // Argmax over several 4096-value blocks, with the maximum repeated (the lower index wins).
@@ -185,19 +215,40 @@ fn norms_rope_and_element_wise_ops() {
         let gx = b.gpu.act(&x).unwrap();
         assert_eq!(b.gpu.argmax(&gx).unwrap(), Cpu.argmax(&x).unwrap(), "argmax of {n} values");
     }
-    for (t, heads, width) in [(1, 1, 1), (3, 4, 32), (5, 3, 17)] {
-        let (x, gx) = b.random(t * heads * 2 * width, 1.0);
-        let (c1, c2) = Cpu.split_heads(&x, width);
-        let (g1, g2) = b.gpu.split_heads(&gx, width);
-        b.check("split_heads (first)", &c1, &g1, 0.0);
-        b.check("split_heads (second)", &c2, &g2, 0.0);
-    }
-    // Positions far from 0 too: the angle table comes from the CPU, so large angles stay exact.
-    for (t, heads, hd, rot, pos0) in [(1, 2, 32, 8, 0), (5, 3, 64, 64, 17), (2, 4, 256, 64, 250_000)] {
-        let (mut x, mut gx) = b.random(t * heads * hd, 1.0);
-        Cpu.rope(&mut x, heads, hd, rot, pos0, 10_000_000.0);
-        b.gpu.rope(&mut gx, heads, hd, rot, pos0, 10_000_000.0);
-        b.check(&format!("rope t={t} heads={heads} hd={hd} rot={rot} pos0={pos0}"), &x, &gx, ELEMENTWISE);
+}
+
+/// Query and key heads made ready in one pass (split off the output gate, per-head norms, RoPE), at positions
+/// far from 0 too: the angle table comes from the CPU, so large angles stay exact.
+#[test]
+fn attention_heads_norm_and_rotate() {
+    let Some(mut b) = bench() else { return };
+    // (tokens, query heads, key heads, head dim, rotary dims, first position, output gate)
+    let cases = [
+        (1, 2, 1, 32, 8, 0, true),
+        (5, 3, 3, 64, 64, 17, false),
+        (2, 4, 2, 256, 64, 250_000, true),
+        (3, 6, 2, 40, 10, 3, true),
+        (9, 1, 1, 200, 200, 70, false),
+    ];
+    for (t, nh, nkv, hd, rot, pos0, gated) in cases {
+        let mut c = floe::synthetic::default_config(512, vec![]);
+        (c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim) = (nh, nkv, hd, rot);
+        if !gated {
+            c.arch = floe::config::Arch::Qwen3Moe;
+        }
+        let (projected, gprojected) = b.random(t * nh * hd * if gated { 2 } else { 1 }, 2.0);
+        let (k, gk) = b.random(t * nkv * hd, 2.0);
+        let (q_norm, k_norm) = (b.values(hd, 1.5), b.values(hd, 1.5));
+        let (gq_norm, gk_norm) = (b.vector(&q_norm), b.vector(&k_norm));
+        let (q, gate, k) = Cpu.attention_heads(&c, &projected, &k, &q_norm, &k_norm, pos0);
+        let (gq, ggate, gk) = b.gpu.attention_heads(&c, &gprojected, &gk, &gq_norm, &gk_norm, pos0);
+        let what = format!("attention heads t={t} nh={nh} nkv={nkv} hd={hd} rot={rot} pos0={pos0}");
+        b.check(&format!("{what}: q"), &q, &gq, SUMS);
+        b.check(&format!("{what}: k"), &k, &gk, SUMS);
+        assert_eq!(gate.is_some(), ggate.is_some(), "{what}: gate");
+        if let (Some(gate), Some(ggate)) = (gate, ggate) {
+            b.check(&format!("{what}: gate"), &gate, &ggate, 0.0);
+        }
     }
 }
 
@@ -217,8 +268,11 @@ fn attention_prefill_then_decode() {
             let (q, gq) = b.random(t * nh * hd, 1.0);
             let (k, gk) = b.random(t * width, 1.0);
             let (v, gv) = b.random(t * width, 1.0);
-            let cpu = Cpu.attention(&q, &k, &v, &mut cpu_cache, pos, (nh, nkv), hd).unwrap();
-            let gpu = b.gpu.attention(&gq, &gk, &gv, &mut gpu_cache, pos, (nh, nkv), hd).unwrap();
+            // With Qwen3.5's output gate on every other step.
+            let (gate, ggate) = b.random(t * nh * hd, 3.0);
+            let gated = pos % 2 == 0;
+            let cpu = Cpu.attention(&q, &k, &v, &mut cpu_cache, pos, (nh, nkv), hd, gated.then_some(&gate)).unwrap();
+            let gpu = b.gpu.attention(&gq, &gk, &gv, &mut gpu_cache, pos, (nh, nkv), hd, gated.then_some(&ggate)).unwrap();
             b.check(&format!("attention nh={nh} nkv={nkv} hd={hd} pos={pos} t={t}"), &cpu, &gpu, SUMS);
             pos += t;
         }
@@ -308,12 +362,16 @@ fn moe_routing_experts_and_combine() {
         let out = Cpu.experts(&x, &routing, &host).unwrap();
         let gout = b.gpu.experts(&gx, &groute, &device).unwrap();
         b.check(&format!("{what}: experts"), &out, &gout, SUMS);
-        Cpu.moe_combine(&mut hidden, &out, &routing, Some((&shared, &gate)), h);
-        b.gpu.moe_combine(&mut ghidden, &gout, &groute, Some((&gshared, &ggate)), h);
+        let norm = b.values(h, 1.5);
+        let gnorm = b.vector(&norm);
+        let normed = Cpu.moe_combine_rms_norm(&mut hidden, &out, &routing, Some((&shared, &gate)), &norm, h, 1e-6);
+        let gnormed = b.gpu.moe_combine_rms_norm(&mut ghidden, &gout, &groute, Some((&gshared, &ggate)), &gnorm, h, 1e-6);
         b.check(&format!("{what}: combine"), &hidden, &ghidden, SUMS);
-        Cpu.moe_combine(&mut hidden, &out, &routing, None, h);
-        b.gpu.moe_combine(&mut ghidden, &gout, &groute, None, h);
+        b.check(&format!("{what}: combine, then the norm"), &normed, &gnormed, SUMS);
+        let normed = Cpu.moe_combine_rms_norm(&mut hidden, &out, &routing, None, &norm, h, 1e-6);
+        let gnormed = b.gpu.moe_combine_rms_norm(&mut ghidden, &gout, &groute, None, &gnorm, h, 1e-6);
         b.check(&format!("{what}: combine without shared expert"), &hidden, &ghidden, SUMS);
+        b.check(&format!("{what}: combine without shared expert, then the norm"), &normed, &gnormed, SUMS);
     }
 }
 
@@ -340,10 +398,12 @@ fn sparse_moe_block_with_a_shared_expert() {
         (c.hidden_size, c.num_experts, c.experts_per_token, c.norm_topk_prob) = (h, experts, k, true);
         let (x, gx) = b.random(t * h, 1.0);
         let (mut hidden, mut ghidden) = b.random(t * h, 1.0);
-        sparse_moe(&Cpu, &c, &host, &x, &mut hidden).unwrap();
-        sparse_moe(&b.gpu, &c, &device, &gx, &mut ghidden).unwrap();
+        let norm = b.values(h, 1.5);
+        let normed = sparse_moe(&Cpu, &c, &host, &x, &mut hidden, &norm).unwrap();
+        let gnormed = sparse_moe(&b.gpu, &c, &device, &gx, &mut ghidden, &b.vector(&norm)).unwrap();
         let what = format!("MoE block {format} E={experts} k={k} t={t} shared intermediate {shared_inter}");
         b.check(&what, &hidden, &ghidden, SUMS);
+        b.check(&format!("{what}, then the norm"), &normed, &gnormed, SUMS);
     }
 }
 

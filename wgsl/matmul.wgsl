@@ -5,6 +5,10 @@
 // y[t, rows] = x[t, cols] · Wᵀ for a weight matrix W [rows, cols] of format {{ fmt.name }}: each thread sums
 // {{ rows }} row(s) for {{ nt }} token(s) per pass, so a batched prefill decodes each weight once per {{ nt }} tokens.
 // Grid: (ceil(rows / (GROUPS · {{ rows }})), ceil(t / {{ nt }})).
+{% if split %}
+// Split: W is several matrices' rows back to back (one upload) and each one's rows go to its own output,
+// y0 [t, r1], y1 [t, r2 − r1], y2 [t, r3 − r2], y3 [t, rows − r3]: one dispatch instead of one per matrix.
+{% endif %}
 
 struct Params {
     rows: u32,
@@ -13,12 +17,23 @@ struct Params {
     w: u32,
     s: u32,
     b: u32,
+{% if split %}
+    r1: u32,
+    r2: u32,
+    r3: u32,
+{% endif %}
 }
 var<immediate> p: Params;
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<{{ "vec4<f32>" if fmt.kind == "affine" else "f32" }}>;
+{% if split %}
+{% for o in range(4) %}
+@group(0) @binding({{ 2 + o }}) var<storage, read_write> y{{ o }}: array<f32>;
+{% endfor %}
+{% else %}
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+{% endif %}
 
 {% include "weights.wgsl" %}
 {{ declarations(rows * nt, lanes, groups) }}
@@ -42,7 +57,20 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         let row = row0 + lid.x / {{ nt }}u;
         let tok = tok0 + lid.x % {{ nt }}u;
         if (row < p.rows && tok < p.t) {
-            y[tok * p.rows + row] = partial[(lid.y * SLOTS + lid.x) * LANES];
+            let v = partial[(lid.y * SLOTS + lid.x) * LANES];
+{% if split %}
+            if (row < p.r1) {
+                y0[tok * p.r1 + row] = v;
+            } else if (row < p.r2) {
+                y1[tok * (p.r2 - p.r1) + row - p.r1] = v;
+            } else if (row < p.r3) {
+                y2[tok * (p.r3 - p.r2) + row - p.r2] = v;
+            } else {
+                y3[tok * (p.rows - p.r3) + row - p.r3] = v;
+            }
+{% else %}
+            y[tok * p.rows + row] = v;
+{% endif %}
         }
     }
 }

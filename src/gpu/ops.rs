@@ -26,6 +26,19 @@ pub struct GpuMatrix {
     /// The weight format as kernel names spell it: `f32`, `bf16`, `f16`, `q4g64bf16`, ...
     format: String,
     offsets: [u32; 3],
+    /// How far each part's offset moves per row: matrices uploaded together (`Transfer::matrices`) are views
+    /// of one matrix, each next one's rows right after the previous one's.
+    row_units: [u32; 3],
+}
+
+impl GpuMatrix {
+    /// Whether `next`'s rows follow this matrix's in the same upload (so one dispatch can cover both).
+    fn followed_by(&self, next: &GpuMatrix) -> bool {
+        Rc::ptr_eq(&self.buf, &next.buf)
+            && self.format == next.format
+            && self.cols == next.cols
+            && (0..3).all(|i| self.offsets[i] + self.rows as u32 * self.row_units[i] == next.offsets[i])
+    }
 }
 
 /// One layer's routed experts: fixed-stride records (the floe format's layout) in one GPU buffer; where its shape
@@ -125,8 +138,9 @@ impl Gpu {
         self.dispatch(kernel, &[&e.buf, &act.buf, ids, &out.buf], &params, (h.div_ceil(16) as u32, n, 1));
     }
 
-    fn elementwise(&self, op: &'static str, buffers: &[&Buf], n: usize, params: [u32; 3]) {
-        self.dispatch(op, buffers, &[n as u32, params[0], params[1], params[2]], grid_1d(n));
+    /// Element-wise `op` over `n` values; `copy` reads from element `src` on and writes from `dst` on.
+    fn elementwise(&self, op: &'static str, buffers: &[&Buf], n: usize, [src, dst]: [u32; 2]) {
+        self.dispatch(op, buffers, &[n as u32, src, dst], grid_1d(n));
     }
 }
 
@@ -178,15 +192,38 @@ impl Backend for Gpu {
     fn matmul(&self, x: &Act, w: &GpuMatrix) -> Act {
         let t = x.len / w.cols;
         let out = self.empty(t * w.rows);
-        let nt = if t == 1 { 1 } else { 8 };
+        let (nt, grid) = matmul_grid(w.rows, t);
         let kernel = self.matrix_kernel(&format!("matmul_{}_nt{nt}", w.format));
         let [wo, so, bo] = w.offsets;
         let params = [w.rows as u32, w.cols as u32, t as u32, wo, so, bo];
-        // A workgroup covers 16 rows (decode) or 8 (8 tokens per pass): see wgsl/matmul.wgsl.
-        let rows_per_group = if nt == 1 { 16 } else { 8 };
-        let grid = (w.rows.div_ceil(rows_per_group) as u32, t.div_ceil(nt) as u32, 1);
         self.dispatch(kernel, &[&w.buf, &x.buf, &out.buf], &params, grid);
         out
+    }
+
+    fn matmuls<const N: usize>(&self, x: &Act, ws: [&GpuMatrix; N]) -> [Act; N] {
+        if !(2..=4).contains(&N) || !ws.windows(2).all(|pair| pair[0].followed_by(pair[1])) {
+            return ws.map(|w| self.matmul(x, w));
+        }
+        // One dispatch over the rows of all of them, each matrix's rows written to its own output.
+        let (first, cols) = (ws[0], ws[0].cols);
+        let t = x.len / cols;
+        let outs = ws.map(|w| self.empty(t * w.rows));
+        let mut ends = [0u32; 4];
+        let mut rows = 0;
+        for (end, w) in ends.iter_mut().zip(&ws) {
+            rows += w.rows;
+            *end = rows as u32;
+        }
+        // Outputs past the N-th are never written but must be bound: distinct scratch buffers.
+        let unused: Vec<Buf> = (N..4).map(|_| self.scratch(1)).collect();
+        let mut bound: Vec<&Buf> = vec![&first.buf, &x.buf];
+        bound.extend(outs.iter().map(|o| &o.buf).chain(unused.iter()));
+        let (nt, grid) = matmul_grid(rows, t);
+        let kernel = self.matrix_kernel(&format!("matmul_{}_nt{nt}_split", first.format));
+        let [wo, so, bo] = first.offsets;
+        let params = [rows as u32, cols as u32, t as u32, wo, so, bo, ends[0], ends[1].min(ends[N - 1]), ends[2].min(ends[N - 1])];
+        self.dispatch(kernel, &bound, &params, grid);
+        outs
     }
 
     fn rms_norm(&self, x: &Act, weight: &Rc<Buf>, dim: usize, eps: f32) -> Act {
@@ -213,27 +250,33 @@ impl Backend for Gpu {
         out
     }
 
-    fn split_heads(&self, x: &Act, width: usize) -> (Act, Act) {
-        let (first, second) = (self.empty(x.len / 2), self.empty(x.len / 2));
-        self.elementwise("split_heads", &[&x.buf, &first.buf, &second.buf], x.len / 2, [width as u32, 0, 0]);
-        (first, second)
-    }
-
-    fn rope(&self, x: &mut Act, heads: usize, head_dim: usize, rot: usize, pos0: usize, theta: f64) {
-        let t = x.len / (heads * head_dim);
-        let key = (pos0, t, rot, theta.to_bits());
+    fn attention_heads(
+        &self,
+        c: &ModelConfig,
+        projected: &Act,
+        k: &Act,
+        q_norm: &Rc<Buf>,
+        k_norm: &Rc<Buf>,
+        pos0: usize,
+    ) -> (Act, Option<Act>, Act) {
+        let (nh, nkv, hd, rot) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim);
+        let t = k.len / (nkv * hd);
+        let key = (pos0, t, rot, c.rope_theta.to_bits());
         let mut kept = self.rope_table.borrow_mut();
         if kept.as_ref().is_none_or(|(k, _)| *k != key) {
-            let values = crate::cpu::rope_table(pos0, t, rot, theta);
+            let values = crate::cpu::rope_table(pos0, t, rot, c.rope_theta);
             // At most 65,535 tokens × 128 pairs × 8 bytes = 64 MiB: within every binding limit.
             let table = self.upload("rope table", bytemuck::cast_slice(&values)).expect("a rope table fits a binding");
             *kept = Some((key, Rc::new(table)));
         }
         let table = kept.as_ref().unwrap().1.clone();
         drop(kept);
-        let half = rot / 2;
-        let params = [t as u32, heads as u32, head_dim as u32, half as u32];
-        self.dispatch("rope", &[&table, &x.buf], &params, grid_1d(t * heads * half));
+        let gated = c.attn_output_gate();
+        let (q, gate, k_out) = (self.empty(t * nh * hd), self.empty(if gated { t * nh * hd } else { 1 }), self.empty(k.len));
+        let params = [t as u32, nh as u32, nkv as u32, hd as u32, (rot / 2) as u32, c.rms_norm_eps.to_bits(), gated as u32];
+        let buffers = [&projected.buf, &k.buf, &**q_norm, &**k_norm, &*table, &q.buf, &gate.buf, &k_out.buf];
+        self.dispatch("attention_heads", &buffers, &params, ((nh + nkv) as u32, t as u32, 1));
+        (q, gated.then_some(gate), k_out)
     }
 
     fn attention(
@@ -245,6 +288,7 @@ impl Backend for Gpu {
         pos0: usize,
         (nh, nkv): (usize, usize),
         hd: usize,
+        gate: Option<&Act>,
     ) -> Result<Act> {
         let t = q.len / (nh * hd);
         let needed = pos0 + t;
@@ -253,13 +297,12 @@ impl Backend for Gpu {
             let capacity = needed.next_power_of_two().max(256);
             let (keys, values) = (self.zeros(capacity * cache.width)?, self.zeros(capacity * cache.width)?);
             let n = pos0 * cache.width;
-            self.elementwise("copy", &[&cache.keys, &keys], n, [0, 0, 0]);
-            self.elementwise("copy", &[&cache.values, &values], n, [0, 0, 0]);
+            self.elementwise("copy", &[&cache.keys, &keys], n, [0, 0]);
+            self.elementwise("copy", &[&cache.values, &values], n, [0, 0]);
             (cache.keys, cache.values, cache.capacity) = (keys, values, capacity);
         }
         let at = (pos0 * cache.width) as u32;
-        self.elementwise("copy", &[&k.buf, &cache.keys], k.len, [0, 0, at]);
-        self.elementwise("copy", &[&v.buf, &cache.values], v.len, [0, 0, at]);
+        self.elementwise("kv_append", &[&k.buf, &v.buf, &cache.keys, &cache.values], k.len, [0, at]);
         // Split the keys so that a decode step has enough workgroups: up to 32 splits of whole 64-key blocks,
         // fewer for a long prefill so the partial results stay within 64 MiB.
         let blocks = needed.div_ceil(64);
@@ -273,8 +316,9 @@ impl Backend for Gpu {
         let grid = (nh as u32, t as u32, splits as u32);
         self.dispatch("attention", &[&q.buf, &cache.keys, &cache.values, &partial.buf], &params, grid);
         let out = self.empty(q.len);
-        let params = [nh as u32, hd as u32, splits as u32];
-        self.dispatch("attention_combine", &[&partial.buf, &out.buf], &params, (nh as u32, t as u32, 1));
+        let params = [nh as u32, hd as u32, splits as u32, gate.is_some() as u32];
+        let gate = gate.map_or(&partial.buf, |g| &g.buf); // unread without a gate
+        self.dispatch("attention_combine", &[&partial.buf, gate, &out.buf], &params, (nh as u32, t as u32, 1));
         Ok(out)
     }
 
@@ -300,13 +344,9 @@ impl Backend for Gpu {
         out
     }
 
-    fn mul_sigmoid(&self, x: &mut Act, gate: &Act) {
-        self.elementwise("mul_sigmoid", &[&x.buf, &gate.buf], x.len, [0, 0, 0]);
-    }
-
     fn swiglu(&self, gate: &Act, up: &Act) -> Act {
         let out = self.empty(gate.len);
-        self.elementwise("swiglu", &[&gate.buf, &up.buf, &out.buf], gate.len, [0, 0, 0]);
+        self.elementwise("swiglu", &[&gate.buf, &up.buf, &out.buf], gate.len, [0, 0]);
         out
     }
 
@@ -350,21 +390,33 @@ impl Backend for Gpu {
         Ok(out)
     }
 
-    fn moe_combine(&self, hidden: &mut Act, expert_out: &Act, r: &Routing, shared: Option<(&Act, &Act)>, h: usize) {
-        let params = [r.tokens as u32, h as u32, r.k as u32];
-        let grid = grid_1d(r.tokens * h);
+    fn moe_combine_rms_norm(
+        &self,
+        hidden: &mut Act,
+        expert_out: &Act,
+        r: &Routing,
+        shared: Option<(&Act, &Act)>,
+        weight: &Rc<Buf>,
+        h: usize,
+        eps: f32,
+    ) -> Act {
+        let out = self.empty(hidden.len);
+        let params = [h as u32, eps.to_bits(), r.tokens as u32, r.k as u32];
+        let grid = rows_grid(r.tokens);
+        let mut buffers = vec![&hidden.buf, &**weight, &expert_out.buf, &r.weights, &out.buf];
         match shared {
-            Some((out, gate)) => {
-                let buffers = [&expert_out.buf, &r.weights, &out.buf, &gate.buf, &hidden.buf];
-                self.dispatch("moe_combine_shared", &buffers, &params, grid)
+            Some((shared_out, gate)) => {
+                buffers.extend([&shared_out.buf, &gate.buf]);
+                self.dispatch("moe_combine_shared_rms_norm", &buffers, &params, grid);
             }
-            None => self.dispatch("moe_combine", &[&expert_out.buf, &r.weights, &hidden.buf], &params, grid),
+            None => self.dispatch("moe_combine_rms_norm", &buffers, &params, grid),
         }
+        out
     }
 
     fn last_row(&self, x: &Act, width: usize) -> Act {
         let out = self.empty(width);
-        self.elementwise("copy", &[&x.buf, &out.buf], width, [0, (x.len - width) as u32, 0]);
+        self.elementwise("copy", &[&x.buf, &out.buf], width, [(x.len - width) as u32, 0]);
         out
     }
 
@@ -386,6 +438,14 @@ impl Backend for Gpu {
     fn counters(&self) -> Counters {
         Counters { dispatches: self.dispatches.get(), syncs: self.syncs.get() }
     }
+}
+
+/// The tokens per weight pass of the matmul kernel for `t` tokens and its grid over `rows` rows: a workgroup
+/// covers 16 rows (decode) or 8 (8 tokens per pass), see wgsl/matmul.wgsl.
+fn matmul_grid(rows: usize, t: usize) -> (usize, (u32, u32, u32)) {
+    let nt = if t == 1 { 1 } else { 8 };
+    let rows_per_group = if nt == 1 { 16 } else { 8 };
+    (nt, (rows.div_ceil(rows_per_group) as u32, t.div_ceil(nt) as u32, 1))
 }
 
 /// One workgroup per row, folded into two dimensions.
@@ -420,7 +480,9 @@ impl WeightsFrom for Gpu {
                 let fixed = !["matmul_", "expert_", "embed_"].iter().any(|p| n.starts_with(p));
                 let of_weights = stems.iter().any(|stem| {
                     let rest = n.strip_prefix(stem.as_str());
-                    rest.is_some_and(|r| r.is_empty() || r == sg || r == format!("_nt1{sg}") || r == format!("_nt8{sg}"))
+                    // Matmuls per tokens per pass, each also as a split (`…_nt1_split`).
+                    let matmul = |r: &str| r == format!("_nt1{sg}") || r == format!("_nt8{sg}");
+                    rest.is_some_and(|r| r.is_empty() || r == sg || matmul(&r.replacen("_split", "", 1)))
                 });
                 fixed || of_weights
             })
@@ -466,7 +528,32 @@ impl Transfer<Gpu> for &Gpu {
         }
         let buf = Rc::new(self.upload(name, &bytes)?);
         self.weight_kernels.borrow_mut().extend([format!("matmul_{format}"), format!("embed_{format}")]);
-        Ok(GpuMatrix { buf, rows, cols, format, offsets })
+        let row_units = match m {
+            Matrix::Dense(_) => [cols as u32, 0, 0],
+            Matrix::Affine { format: q, .. } => {
+                let groups = (cols / q.group) as u32;
+                [(cols * q.bits as usize / 32) as u32, groups, groups]
+            }
+        };
+        Ok(GpuMatrix { buf, rows, cols, format, offsets, row_units })
+    }
+
+    fn matrices<const N: usize>(&mut self, named: [(&str, &Matrix); N]) -> Result<[GpuMatrix; N]> {
+        let together = named[1..].iter().try_fold(named[0].1.clone(), |all, (_, m)| all.concat_rows(m));
+        let Some(together) = together else {
+            let moved = named.iter().map(|(name, m)| self.matrix(name, m)).collect::<Result<Vec<_>>>()?;
+            return Ok(moved.try_into().unwrap_or_else(|_| unreachable!("one matrix per name")));
+        };
+        let names: Vec<&str> = named.iter().map(|(name, _)| *name).collect();
+        let all = self.matrix(&names.join("+"), &together)?;
+        // Each a view of `all`: its parts' offsets moved past the rows before it.
+        let mut row0 = 0;
+        Ok(named.map(|(_, m)| {
+            let rows = m.shape()[0];
+            let offsets = std::array::from_fn(|i| all.offsets[i] + row0 as u32 * all.row_units[i]);
+            row0 += rows;
+            GpuMatrix { rows, offsets, ..all.clone() }
+        }))
     }
 
     fn vector(&mut self, name: &str, v: &[f32]) -> Result<Rc<Buf>> {

@@ -22,22 +22,24 @@ pub fn forward<B: Backend>(
 ) -> Result<B::Act> {
     let (h, eps) = (c.hidden_size, c.rms_norm_eps);
     let mut hidden = b.embed(&w.embed, tokens)?;
-    for (layer, layer_state) in w.layers.iter().zip(state.layers.iter_mut()) {
-        let x = b.rms_norm(&hidden, &layer.input_norm, h, eps);
+    let mut x = b.rms_norm(&hidden, &w.layers[0].input_norm, h, eps);
+    for (i, (layer, layer_state)) in w.layers.iter().zip(state.layers.iter_mut()).enumerate() {
         let mixed = match (&layer.mixer, layer_state) {
             (Mixer::Attention(a), LayerState::Attention(cache)) => gated_attention(b, c, a, &x, state.pos, cache)?,
             (Mixer::Linear(l), LayerState::Linear(linear)) => gated_deltanet(b, c, l, &x, linear),
             _ => unreachable!("layer state does not match the layer type"),
         };
-        let x = b.add_rms_norm(&mut hidden, &mixed, &layer.post_attn_norm, h, eps);
-        sparse_moe(b, c, &layer.moe, &x, &mut hidden)?;
+        let moe_input = b.add_rms_norm(&mut hidden, &mixed, &layer.post_attn_norm, h, eps);
+        // The block's end also normalizes hidden for what comes next: the next layer, or the lm_head.
+        let next_norm = w.layers.get(i + 1).map_or(&w.final_norm, |next| &next.input_norm);
+        x = sparse_moe(b, c, &layer.moe, &moe_input, &mut hidden, next_norm)?;
     }
     state.pos += tokens.len();
     let last = match which {
-        Logits::All => hidden,
-        Logits::Last => b.last_row(&hidden, h),
+        Logits::All => x,
+        Logits::Last => b.last_row(&x, h),
     };
-    Ok(b.matmul(&b.rms_norm(&last, &w.final_norm, h, eps), &w.lm_head))
+    Ok(b.matmul(&last, &w.lm_head))
 }
 
 /// Full attention with a KV cache. Qwen3.5/Next: q_proj yields per head [query | output gate]; the output is
@@ -51,24 +53,9 @@ fn gated_attention<B: Backend>(
     pos0: usize,
     cache: &mut B::KvCache,
 ) -> Result<B::Act> {
-    let (nh, nkv, hd, eps) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps);
-    let projected = b.matmul(x, &w.q_proj);
-    let (q, gate) = match c.attn_output_gate() {
-        true => {
-            let (q, gate) = b.split_heads(&projected, hd);
-            (q, Some(gate))
-        }
-        false => (projected, None),
-    };
-    let mut q = b.rms_norm(&q, &w.q_norm, hd, eps);
-    let mut k = b.rms_norm(&b.matmul(x, &w.k_proj), &w.k_norm, hd, eps);
-    let v = b.matmul(x, &w.v_proj);
-    b.rope(&mut q, nh, hd, c.rotary_dim, pos0, c.rope_theta);
-    b.rope(&mut k, nkv, hd, c.rotary_dim, pos0, c.rope_theta);
-    let mut o = b.attention(&q, &k, &v, cache, pos0, (nh, nkv), hd)?;
-    if let Some(gate) = gate {
-        b.mul_sigmoid(&mut o, &gate);
-    }
+    let [projected, k, v] = b.matmuls(x, [&w.q_proj, &w.k_proj, &w.v_proj]);
+    let (q, gate, k) = b.attention_heads(c, &projected, &k, &w.q_norm, &w.k_norm, pos0);
+    let o = b.attention(&q, &k, &v, cache, pos0, (c.num_heads, c.num_kv_heads), c.head_dim, gate.as_ref())?;
     Ok(b.matmul(&o, &w.o_proj))
 }
 
@@ -82,10 +69,8 @@ fn gated_deltanet<B: Backend>(
     state: &mut B::LinearState,
 ) -> B::Act {
     let l = c.linear.as_ref().expect("linear-attention layer without its config");
-    let mixed = b.matmul(x, &w.in_proj_qkv); // [t, q all | k all | v all]
-    let z = b.matmul(x, &w.in_proj_z);
-    let beta = b.matmul(x, &w.in_proj_b);
-    let a = b.matmul(x, &w.in_proj_a);
+    // mixed: [t, q all | k all | v all]
+    let [mixed, z, beta, a] = b.matmuls(x, [&w.in_proj_qkv, &w.in_proj_z, &w.in_proj_b, &w.in_proj_a]);
     let out = b.gated_delta_net(l, w, &mixed, &beta, &a, state);
     let out = b.rms_norm_gated(&out, &w.norm, &z, l.value_head_dim, c.rms_norm_eps);
     b.matmul(&out, &w.out_proj)
@@ -93,13 +78,21 @@ fn gated_deltanet<B: Backend>(
 
 /// Sparse MoE, added to `hidden`: the router picks k experts per token, each runs its SwiGLU MLP, their outputs
 /// are summed with the router's weights, plus the shared expert scaled by sigmoid(shared_expert_gate · x).
-pub fn sparse_moe<B: Backend>(b: &B, c: &ModelConfig, w: &MoeWeights<B>, x: &B::Act, hidden: &mut B::Act) -> Result<()> {
+/// Returns RMSNorm(hidden) · `next_norm`, which the same pass computes.
+pub fn sparse_moe<B: Backend>(
+    b: &B,
+    c: &ModelConfig,
+    w: &MoeWeights<B>,
+    x: &B::Act,
+    hidden: &mut B::Act,
+    next_norm: &B::Vector,
+) -> Result<B::Act> {
     let logits = b.matmul(x, &w.router);
     let routing = b.route(&logits, &w.experts, c.experts_per_token, c.norm_topk_prob);
     let expert_out = b.experts(x, &routing, &w.experts)?;
     let shared = w.shared.as_ref().map(|s| (swiglu_mlp(b, &s.mlp, x), b.matmul(x, &s.gate)));
-    b.moe_combine(hidden, &expert_out, &routing, shared.as_ref().map(|(o, g)| (o, g)), c.hidden_size);
-    Ok(())
+    let shared = shared.as_ref().map(|(o, g)| (o, g));
+    Ok(b.moe_combine_rms_norm(hidden, &expert_out, &routing, shared, next_norm, c.hidden_size, c.rms_norm_eps))
 }
 
 /// down · (silu(gate · x) ⊙ (up · x)).
