@@ -66,7 +66,7 @@ fn main() {
     let logits: Vec<f32> = (0..count).map(|e| if e % (count / 8) == 5 { 4.0 } else { 0.0 }).collect();
     let routing = gpu.route(&gpu.act(&logits).unwrap(), &device, 8, true);
     let secs = time(&gpu, 500, || {
-        let _ = gpu.experts(&x, &routing, &device).unwrap();
+        let _ = gpu.experts(&x, &routing, &device, None).unwrap();
     });
     report("experts K=8 of 512x2048 q4g64 (gate+up, down)", 8.0 * per_expert, secs, limit);
 }

@@ -90,7 +90,20 @@ pub trait Backend: Storage + Sized {
     /// have stored the shared expert as one more expert, its gate as one more router row: `experts` says.)
     fn route(&self, logits: &Self::Act, experts: &Self::Experts, k: usize, renormalize: bool) -> Self::Routing;
     /// Every routed expert's SwiGLU MLP on its tokens: `[t·k, hidden]`, row `i·k + j` for token i's j-th expert.
-    fn experts(&self, x: &Self::Act, routing: &Self::Routing, experts: &Self::Experts) -> Result<Self::Act>;
+    /// `ahead`: a guess of the next layer's routing, whose experts a backend that streams them starts reading
+    /// now, while this layer runs (see [`Backend::reads_ahead`]).
+    fn experts(
+        &self,
+        x: &Self::Act,
+        routing: &Self::Routing,
+        experts: &Self::Experts,
+        ahead: Option<&Self::Routing>,
+    ) -> Result<Self::Act>;
+    /// Whether `experts` are streamed and read ahead in a forward call of `tokens` tokens: then the forward pass
+    /// guesses their routing one layer early, for [`Backend::experts`]' `ahead`.
+    fn reads_ahead(&self, _experts: &Self::Experts, _tokens: usize) -> bool {
+        false
+    }
     /// The end of a MoE block and the next RMSNorm in one: `hidden += Σ_j weight_j · expert_out_j
     /// (+ sigmoid(shared_gate) · shared_out)` per token, then RMSNorm of hidden's `width`-long rows times `weight`
     /// (the next layer's input norm, or the final norm).

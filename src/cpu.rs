@@ -166,7 +166,17 @@ impl Backend for Cpu {
 
     /// Each expert runs once over all the tokens routed to it (a batched prefill reads each expert once).
     /// Streamed experts are fetched a batch at a time, so a long prefill holds a bounded number of records.
-    fn experts(&self, x: &Vec<f32>, routing: &Self::Routing, experts: &HostExperts) -> Result<Vec<f32>> {
+    fn reads_ahead(&self, experts: &HostExperts, tokens: usize) -> bool {
+        matches!(experts, HostExperts::Streamed(s) if s.store.reads_ahead(tokens))
+    }
+
+    fn experts(&self, x: &Vec<f32>, routing: &Self::Routing, experts: &HostExperts, ahead: Option<&Self::Routing>) -> Result<Vec<f32>> {
+        if let (Some(ahead), HostExperts::Streamed(s)) = (ahead, experts) {
+            let mut guess: Vec<usize> = ahead.iter().flatten().map(|&(e, _)| e).collect();
+            guess.sort_unstable();
+            guess.dedup();
+            s.store.prefetch(s.layer + 1, &guess);
+        }
         let k = routing.first().map_or(0, |r| r.len());
         let h = x.len() / routing.len().max(1);
         let mut rows_of_expert: Vec<Vec<(usize, usize)>> = vec![Vec::new(); experts.count()];

@@ -14,7 +14,7 @@ use floe::generate;
 use floe::backend::Backend;
 use floe::gpu::{AdapterChoice, Gpu};
 use floe::model::{LoadOptions, Logits, Model};
-use floe::store::{CachePolicy, StreamOptions};
+use floe::store::{CachePolicy, Prefetch, StreamOptions};
 use floe::quant::QuantFormat;
 use floe::chat::{ChatRequest, ChatTemplate};
 use floe::generate::{Generation, Session};
@@ -260,6 +260,10 @@ struct LoadArgs {
     /// Stream the routed experts from disk (floe models; on by default when they exceed half the RAM).
     #[arg(long)]
     stream: bool,
+    /// When streaming, read the experts the next layer will likely need (its router applied to this layer's
+    /// input) while this layer runs: in prefills only, in every forward call, or never.
+    #[arg(long, value_enum, default_value_t = Prefetch::Prefill)]
+    prefetch: Prefetch,
 }
 
 impl LoadArgs {
@@ -274,6 +278,7 @@ impl LoadArgs {
                 ram_bytes: self.ram_mem.unwrap_or(0),
                 gpu_bytes: self.gpu_mem.unwrap_or(floe::gpu::DEFAULT_EXPERT_MEMORY),
                 policy,
+                prefetch: self.prefetch,
             }),
         };
         let model = Model::load_with(dir, &options)?;
@@ -724,6 +729,8 @@ impl Job for Bench {
             "decode_read_wait_s": io.read_seconds,
             "gpu_cache_hit_rate": io.device_hit_rate(),
             "ram_cache_hit_rate": io.ram_hit_rate(),
+            "decode_prefetched_per_token": io.prefetched as f64 / n,
+            "prefetch_hit_rate": io.prefetch_hit_rate(),
         });
         append_log(&args, &report)?;
         if args.json {
@@ -763,7 +770,7 @@ fn bench_io(args: &BenchArgs) -> Result<()> {
     let model = floe::format::FloeModel::open(&args.model)?;
     let c = &model.manifest.config;
     let k = args.load.k.unwrap_or(c.experts_per_token);
-    let options = StreamOptions { ram_bytes: 0, gpu_bytes: 0, policy: CachePolicy::Lru };
+    let options = StreamOptions { ram_bytes: 0, gpu_bytes: 0, policy: CachePolicy::Lru, prefetch: Prefetch::Off };
     let store = floe::store::ExpertStore::open(&model, k, &options)?;
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let start = Instant::now();
@@ -831,8 +838,12 @@ fn layer_table<B: Backend>(model: &Model<B>, store: &floe::store::ExpertStore, b
 /// Expert streaming over `tokens` tokens taking `secs`: bytes read per token, disk rate, cache hit rates.
 fn describe_io(io: &floe::store::StreamStats, tokens: f64, secs: f64) -> String {
     let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+    let ahead = match io.prefetched {
+        0 => String::new(),
+        n => format!("; read ahead {:.1} records/token, {} of them used", n as f64 / tokens, rate(io.prefetch_hit_rate())),
+    };
     format!(
-        "read {:.1} MB/token at {:.2} GB/s (waiting {:.0}% of the time), hit rate GPU {} RAM {}",
+        "read {:.1} MB/token at {:.2} GB/s (waiting {:.0}% of the time), hit rate GPU {} RAM {}{ahead}",
         io.bytes_read as f64 / 1e6 / tokens,
         io.bytes_read as f64 / 1e9 / secs,
         100.0 * io.read_seconds / secs,
@@ -841,7 +852,6 @@ fn describe_io(io: &floe::store::StreamStats, tokens: f64, secs: f64) -> String 
     )
 }
 
-/// Decodes `n` more tokens with every GPU dispatch timed, and prints GPU time per token by kernel.
 /// GPU time per kernel over `run`, per `unit` (`runs` of them), printed the most expensive first.
 fn profile_kernels<B: Backend + 'static>(model: &Model<B>, unit: &str, runs: usize, run: impl FnOnce() -> Result<()>) -> Result<()> {
     let Some(gpu) = (&model.backend as &dyn std::any::Any).downcast_ref::<Gpu>() else {

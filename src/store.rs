@@ -8,12 +8,12 @@
 //! Every record read from disk is checked against the manifest's xxh3 before it is used: a short read, an I/O
 //! error or a file changed under the engine stops the generation with an error naming the layer and expert.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::hash::Hash;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -24,6 +24,18 @@ use crate::weights::ExpertWeights;
 
 /// Spare records kept for reuse (a layer's misses at most, in practice).
 const SPARE_RECORDS: usize = 64;
+
+/// When a streaming backend reads ahead the experts it guesses the next layer will need (`--prefetch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prefetch {
+    Off,
+    /// In forward calls of several tokens (a prefill), where the guesses (the union over the tokens) are
+    /// many and mostly right; not in decode steps, where on a disk-bound machine the wrong ones cost more than
+    /// the overlap gains (docs/PERF.md).
+    Prefill,
+    /// In every forward call.
+    On,
+}
 
 /// Which records a cache gives up when it is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -59,6 +71,11 @@ impl<K: Copy + Eq + Hash> Cache<K> {
 
     pub fn capacity(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Whether `key` is held (not counted as a use).
+    pub fn contains(&self, key: K) -> bool {
+        self.slot_of.contains_key(&key)
     }
 
     /// The slot holding `key`, counted as a use.
@@ -152,6 +169,9 @@ pub struct StreamCounters {
     pub disk_reads: AtomicU64,
     pub bytes_read: AtomicU64,
     pub read_nanos: AtomicU64,
+    /// Records read ahead (`ExpertStore::prefetch`), and how many of them a fetch then used.
+    pub prefetched: AtomicU64,
+    pub prefetch_hits: AtomicU64,
 }
 
 /// A copy of [`StreamCounters`] at one moment.
@@ -165,6 +185,8 @@ pub struct StreamStats {
     pub disk_reads: u64,
     pub bytes_read: u64,
     pub read_seconds: f64,
+    pub prefetched: u64,
+    pub prefetch_hits: u64,
 }
 
 impl StreamStats {
@@ -179,7 +201,14 @@ impl StreamStats {
             disk_reads: self.disk_reads - earlier.disk_reads,
             bytes_read: self.bytes_read - earlier.bytes_read,
             read_seconds: self.read_seconds - earlier.read_seconds,
+            prefetched: self.prefetched - earlier.prefetched,
+            prefetch_hits: self.prefetch_hits - earlier.prefetch_hits,
         }
+    }
+
+    /// The share of records read ahead that a fetch then used.
+    pub fn prefetch_hit_rate(&self) -> Option<f64> {
+        (self.prefetched > 0).then(|| self.prefetch_hits as f64 / self.prefetched as f64)
     }
 
     pub fn device_hit_rate(&self) -> Option<f64> {
@@ -200,6 +229,8 @@ impl StreamStats {
         self.disk_reads += o.disk_reads;
         self.bytes_read += o.bytes_read;
         self.read_seconds += o.read_seconds;
+        self.prefetched += o.prefetched;
+        self.prefetch_hits += o.prefetch_hits;
         self
     }
 }
@@ -215,6 +246,8 @@ impl StreamCounters {
             disk_reads: self.disk_reads.load(Relaxed),
             bytes_read: self.bytes_read.load(Relaxed),
             read_seconds: self.read_nanos.load(Relaxed) as f64 * 1e-9,
+            prefetched: self.prefetched.load(Relaxed),
+            prefetch_hits: self.prefetch_hits.load(Relaxed),
         }
     }
 }
@@ -227,11 +260,17 @@ pub struct StreamOptions {
     /// Bytes of GPU memory for expert slots (the GPU backend).
     pub gpu_bytes: u64,
     pub policy: CachePolicy,
+    /// When to read the experts a backend guesses the next layer will need while this one runs.
+    pub prefetch: Prefetch,
 }
 
 struct RamCache {
     cache: Cache<(usize, usize)>,
     records: Vec<Option<Arc<Record>>>,
+    /// Records being read ahead: a fetch that needs one waits for it (`ExpertStore::ready`).
+    reading_ahead: HashSet<(usize, usize)>,
+    /// Records read ahead, held apart from the cache until a fetch takes them (so a wrong guess evicts nothing).
+    ahead: HashMap<(usize, usize), Arc<Record>>,
 }
 
 /// A floe model's routed experts, read on demand.
@@ -247,6 +286,8 @@ pub struct ExpertStore {
     pub components: BTreeMap<String, TensorEntry>,
     checksums: Vec<Vec<u64>>,
     ram: Mutex<RamCache>,
+    /// Signalled when a record read ahead is in (or failed).
+    ready: Condvar,
     /// Records no longer used, for the next reads.
     spare: Mutex<Vec<Record>>,
     /// Per layer.
@@ -311,7 +352,13 @@ impl ExpertStore {
             record_bytes,
             components: ex.components.clone(),
             checksums,
-            ram: Mutex::new(RamCache { cache: Cache::new(capacity, options.policy), records: vec![None; capacity] }),
+            ram: Mutex::new(RamCache {
+                cache: Cache::new(capacity, options.policy),
+                records: vec![None; capacity],
+                reading_ahead: HashSet::new(),
+                ahead: HashMap::new(),
+            }),
+            ready: Condvar::new(),
             spare: Mutex::new(Vec::new()),
             counters: (0..ex.files.len()).map(|_| StreamCounters::default()).collect(),
             options: *options,
@@ -345,13 +392,23 @@ impl ExpertStore {
         let mut found: Vec<Option<Arc<Record>>> = vec![None; experts.len()];
         {
             let mut ram = self.ram.lock().unwrap();
-            if ram.cache.capacity() > 0 {
-                for (slot, &e) in found.iter_mut().zip(experts) {
+            let cached = ram.cache.capacity() > 0;
+            for (slot, &e) in found.iter_mut().zip(experts) {
+                // A record still being read ahead is waited for rather than read twice.
+                while ram.reading_ahead.contains(&(layer, e)) {
+                    ram = self.ready.wait(ram).unwrap();
+                }
+                if cached {
                     self.counters[layer].ram_lookups.fetch_add(1, Relaxed);
                     if let Some(s) = ram.cache.get((layer, e)) {
                         self.counters[layer].ram_hits.fetch_add(1, Relaxed);
                         *slot = ram.records[s].clone();
+                        continue;
                     }
+                }
+                if let Some(record) = ram.ahead.remove(&(layer, e)) {
+                    self.counters[layer].prefetch_hits.fetch_add(1, Relaxed);
+                    *slot = Some(record);
                 }
             }
         }
@@ -370,7 +427,7 @@ impl ExpertStore {
             .collect::<Result<_>>()?;
         self.counters[layer].read_nanos.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
         let mut ram = self.ram.lock().unwrap();
-        let RamCache { cache, records: held } = &mut *ram;
+        let RamCache { cache, records: held, .. } = &mut *ram;
         if cache.capacity() > 0 {
             for (record, &e) in records.iter().zip(experts) {
                 if cache.get((layer, e)).is_none() {
@@ -382,6 +439,54 @@ impl ExpertStore {
             }
         }
         Ok(records)
+    }
+
+    /// Whether a forward call of `tokens` tokens reads experts ahead.
+    pub fn reads_ahead(&self, tokens: usize) -> bool {
+        match self.options.prefetch {
+            Prefetch::Off => false,
+            Prefetch::Prefill => tokens > 1,
+            Prefetch::On => true,
+        }
+    }
+
+    /// Starts reading `experts` of `layer` in the background, a guess of what that layer will fetch next (at
+    /// most two layers' worth of records are held so). A fetch takes them, or waits for those still being read.
+    /// Errors are left for that fetch to meet and report.
+    pub fn prefetch(self: &Arc<Self>, layer: usize, experts: &[usize]) {
+        if self.options.prefetch == Prefetch::Off || layer >= self.num_layers() {
+            return;
+        }
+        let room = 2 * self.experts_per_token;
+        let wanted: Vec<usize> = {
+            let mut ram = self.ram.lock().unwrap();
+            let RamCache { cache, reading_ahead, ahead, .. } = &mut *ram;
+            // Guesses for layers before this one's predecessor were wrong: nothing fetched them.
+            ahead.retain(|&(l, _), _| l + 1 >= layer);
+            let free = room.saturating_sub(ahead.len() + reading_ahead.len());
+            let wanted: Vec<usize> = experts
+                .iter()
+                .copied()
+                .filter(|&e| e < self.num_experts)
+                .filter(|&e| !cache.contains((layer, e)) && !reading_ahead.contains(&(layer, e)) && !ahead.contains_key(&(layer, e)))
+                .take(free)
+                .collect();
+            reading_ahead.extend(wanted.iter().map(|&e| (layer, e)));
+            wanted
+        };
+        for e in wanted {
+            let store = self.clone();
+            rayon::spawn(move || {
+                let record = store.read(layer, e).map(Arc::new);
+                let mut ram = store.ram.lock().unwrap();
+                ram.reading_ahead.remove(&(layer, e));
+                if let Ok(record) = record {
+                    store.counters[layer].prefetched.fetch_add(1, Relaxed);
+                    ram.ahead.insert((layer, e), record);
+                }
+                store.ready.notify_all();
+            });
+        }
     }
 
     /// Gives records back after use: those no cache holds are reused for later reads (no allocation per read).

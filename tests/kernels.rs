@@ -359,8 +359,8 @@ fn moe_routing_experts_and_combine() {
         let (mut hidden, mut ghidden) = b.random(t * h, 1.0);
         let routing = Cpu.route(&logits, &host, k, renormalize);
         let groute = b.gpu.route(&glogits, &device, k, renormalize);
-        let out = Cpu.experts(&x, &routing, &host).unwrap();
-        let gout = b.gpu.experts(&gx, &groute, &device).unwrap();
+        let out = Cpu.experts(&x, &routing, &host, None).unwrap();
+        let gout = b.gpu.experts(&gx, &groute, &device, None).unwrap();
         b.check(&format!("{what}: experts"), &out, &gout, SUMS);
         let norm = b.values(h, 1.5);
         let gnorm = b.vector(&norm);
@@ -399,8 +399,8 @@ fn sparse_moe_block_with_a_shared_expert() {
         let (x, gx) = b.random(t * h, 1.0);
         let (mut hidden, mut ghidden) = b.random(t * h, 1.0);
         let norm = b.values(h, 1.5);
-        let normed = sparse_moe(&Cpu, &c, &host, &x, &mut hidden, &norm).unwrap();
-        let gnormed = sparse_moe(&b.gpu, &c, &device, &gx, &mut ghidden, &b.vector(&norm)).unwrap();
+        let normed = sparse_moe(&Cpu, &c, &host, &x, &mut hidden, &norm, None).unwrap();
+        let gnormed = sparse_moe(&b.gpu, &c, &device, &gx, &mut ghidden, &b.vector(&norm), None).unwrap();
         let what = format!("MoE block {format} E={experts} k={k} t={t} shared intermediate {shared_inter}");
         b.check(&what, &hidden, &ghidden, SUMS);
         b.check(&format!("{what}, then the norm"), &normed, &gnormed, SUMS);

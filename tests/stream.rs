@@ -12,7 +12,7 @@ use common::*;
 use floe::backend::Backend;
 use floe::format::FloeModel;
 use floe::model::{LoadOptions, Logits, Model};
-use floe::store::{CachePolicy, ExpertStore, RecordSource, StreamOptions};
+use floe::store::{CachePolicy, ExpertStore, Prefetch, RecordSource, StreamOptions};
 
 /// Fixtures converted to floe models: quantized with a shared expert (fused on the GPU), and float without one.
 const MODELS: [&str; 2] = ["qwen35_moe_mlx_4bit", "qwen3_moe"];
@@ -28,8 +28,9 @@ fn convert(name: &str, tmp: &Path) -> PathBuf {
     dst
 }
 
-fn streamed(dir: &Path, ram_bytes: u64, gpu_bytes: u64, policy: CachePolicy) -> Model {
-    let stream = StreamOptions { ram_bytes, gpu_bytes, policy };
+fn streamed(dir: &Path, ram_bytes: u64, gpu_bytes: u64, policy: CachePolicy, prefetch: bool) -> Model {
+    let prefetch = if prefetch { Prefetch::On } else { Prefetch::Off };
+    let stream = StreamOptions { ram_bytes, gpu_bytes, policy, prefetch };
     Model::load_with(dir, &LoadOptions { k: None, stream: Some(stream) }).unwrap()
 }
 
@@ -72,17 +73,20 @@ fn streamed_logits_equal_resident_logits_bit_for_bit_on_the_cpu() {
             ((k + 1) * record, CachePolicy::Lfu),
             (1 << 30, CachePolicy::Lru),
         ];
-        for (ram, policy) in budgets {
-            let model = streamed(&dir, ram, 0, policy);
-            assert!(run(&model, &tokens) == expected, "{name}: streamed with {ram} bytes of {policy:?} cache differs");
+        // Each with the next layer's experts read ahead (into the host cache, or the page cache) and without.
+        for ((ram, policy), prefetch) in budgets.into_iter().flat_map(|b| [(b, false), (b, true)]) {
+            let model = streamed(&dir, ram, 0, policy, prefetch);
+            let what = format!("{name}: streamed with {ram} bytes of {policy:?} cache, prefetch {prefetch}");
+            assert!(run(&model, &tokens) == expected, "{what}: differs");
             let stats = model.store.as_ref().unwrap().stats();
-            assert!(stats.disk_reads > 0, "{name}: nothing was read");
-            if ram == 1 << 30 {
+            assert!(stats.disk_reads > 0, "{what}: nothing was read");
+            assert_eq!(stats.prefetched > 0, prefetch, "{what}: records read ahead ({stats:?})");
+            if ram == 1 << 30 && !prefetch {
                 let all = (model.config.num_experts * model.config.num_layers()) as u64;
                 assert!(stats.disk_reads <= all, "{name}: with every expert cached, each is read once ({stats:?})");
             }
         }
-        let small = StreamOptions { ram_bytes: k * record - 1, gpu_bytes: 0, policy: CachePolicy::Lru };
+        let small = StreamOptions { ram_bytes: k * record - 1, gpu_bytes: 0, policy: CachePolicy::Lru, prefetch: Prefetch::On };
         let err = Model::load_with(&dir, &LoadOptions { k: None, stream: Some(small) }).err().unwrap();
         let min = format!("need at least {} bytes", k * record);
         assert!(err.to_string().contains(&min), "{err}");
@@ -101,14 +105,24 @@ fn streamed_logits_equal_resident_logits_bit_for_bit_on_the_gpu() {
         let slot = record_bytes(&dir).next_multiple_of(256);
         let k = resident.config.experts_per_token as u64;
         let every = (resident.config.num_experts * resident.config.num_layers()) as u64;
-        for (slots, policy) in [(k, CachePolicy::Lru), (k + 1, CachePolicy::Lfu), (3 * k, CachePolicy::Os), (every, CachePolicy::Lru)] {
-            let host = streamed(&dir, 0, slots * slot, policy);
+        // (slots, policy, host cache, read-ahead)
+        let record = record_bytes(&dir);
+        let cases = [
+            (k, CachePolicy::Lru, 0, true),
+            (k + 1, CachePolicy::Lfu, 4 * k * record, true),
+            (3 * k, CachePolicy::Os, 0, true),
+            (every, CachePolicy::Lru, 0, false),
+        ];
+        for (slots, policy, ram, prefetch) in cases {
+            let host = streamed(&dir, ram, slots * slot, policy, prefetch);
             let gpu = gpu().unwrap();
             gpu.set_expert_memory(slots * slot, policy);
             let model = host.to_backend(gpu).unwrap();
             let got = run(&model, &tokens);
             let err = relative_error(&got, &expected);
             assert!(got == expected, "{name}: streamed through {slots} GPU slots ({policy:?}) differs by {err:.2e}");
+            let ahead = model.store.as_ref().unwrap().stats().prefetched;
+            assert_eq!(ahead > 0, prefetch, "{name}: {slots} slots ({policy:?}): {ahead} records read ahead");
             let bind_groups = model.backend.cached_bind_groups();
             run(&model, &tokens);
             assert_eq!(model.backend.cached_bind_groups(), bind_groups, "{name}: streaming keeps making bind groups");
@@ -117,7 +131,7 @@ fn streamed_logits_equal_resident_logits_bit_for_bit_on_the_gpu() {
                 assert!(stats.disk_reads <= every, "{name}: with every expert in GPU slots, each is read once ({stats:?})");
             }
         }
-        let host = streamed(&dir, 0, 0, CachePolicy::Lru);
+        let host = streamed(&dir, 0, 0, CachePolicy::Lru, false);
         let gpu = gpu().unwrap();
         gpu.set_expert_memory(k * slot - 1, CachePolicy::Lru);
         let err = host.to_backend(gpu).err().unwrap().to_string();
@@ -149,7 +163,7 @@ fn io_errors_short_reads_and_changed_files_stop_the_generation_with_a_clear_erro
     let tmp = tempfile::tempdir().unwrap();
     let dir = convert("qwen35_moe_mlx_4bit", tmp.path());
     let floe_model = FloeModel::open(&dir).unwrap();
-    let options = StreamOptions { ram_bytes: 0, gpu_bytes: 0, policy: CachePolicy::Os };
+    let options = StreamOptions { ram_bytes: 0, gpu_bytes: 0, policy: CachePolicy::Os, prefetch: Prefetch::Off };
     let tokens = [1, 2, 3];
 
     // EIO on layer 1.
@@ -172,7 +186,7 @@ fn io_errors_short_reads_and_changed_files_stop_the_generation_with_a_clear_erro
     assert!(err.contains("layer 1") && err.contains("Input/output error"), "{err}");
 
     // An expert file changed under the engine, then truncated.
-    let model = streamed(&dir, 0, 0, CachePolicy::Os);
+    let model = streamed(&dir, 0, 0, CachePolicy::Os, false);
     forward(&model, &tokens).unwrap();
     let path = dir.join(&floe_model.manifest.experts.files[2]);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -187,6 +201,37 @@ fn io_errors_short_reads_and_changed_files_stop_the_generation_with_a_clear_erro
     assert!(err.contains("of layer 2") && err.contains("short read"), "{err}");
 }
 
+/// `--prefetch prefill` (the default) reads ahead in a prefill and not in decode steps.
+#[test]
+fn read_ahead_in_prefills_only_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = convert("qwen35_moe_mlx_4bit", tmp.path());
+    let stream = StreamOptions { ram_bytes: 0, gpu_bytes: 0, policy: CachePolicy::Lru, prefetch: Prefetch::Prefill };
+    let model = Model::load_with(&dir, &LoadOptions { k: None, stream: Some(stream) }).unwrap();
+    let mut state = model.new_state().unwrap();
+    let tokens = prompt(&model);
+    model.forward(&tokens, &mut state, Logits::Last).unwrap();
+    let store = model.store.as_ref().unwrap();
+    // Background reads may still be landing: wait for the count to settle.
+    let settled = || {
+        let mut last = store.stats().prefetched;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = store.stats().prefetched;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let after_prefill = settled();
+    assert!(after_prefill > 0, "the prefill read nothing ahead");
+    for &t in &tokens[..4] {
+        model.forward(&[t], &mut state, Logits::Last).unwrap();
+    }
+    assert_eq!(settled(), after_prefill, "decode steps read ahead");
+}
+
 /// The host cache never holds more than its budget, whatever the routing asks for.
 #[test]
 fn the_host_cache_stays_within_its_budget() {
@@ -194,7 +239,7 @@ fn the_host_cache_stays_within_its_budget() {
     let dir = convert("qwen35_moe_mlx_4bit", tmp.path());
     let record = record_bytes(&dir);
     let budget = 3 * record + record / 2;
-    let model = streamed(&dir, budget, 0, CachePolicy::Lru);
+    let model = streamed(&dir, budget, 0, CachePolicy::Lru, true);
     run(&model, &prompt(&model));
     let store = model.store.as_ref().unwrap();
     assert!(store.cached_bytes() <= budget, "{} bytes cached for a budget of {budget}", store.cached_bytes());

@@ -445,7 +445,13 @@ impl Gpu {
 
     /// Submits what was recorded and copies the first `len` values of `buf` back (the one CPU↔GPU wait).
     fn read_back(&self, buf: &Buf, len: usize) -> Result<Vec<u8>> {
-        let bytes = (len * 4) as u64;
+        Ok(self.read_back_all(&[(buf, len)])?.remove(0))
+    }
+
+    /// [`Gpu::read_back`] of several buffers with one wait.
+    fn read_back_all(&self, parts: &[(&Buf, usize)]) -> Result<Vec<Vec<u8>>> {
+        let at: Vec<u64> = parts.iter().scan(0, |end, &(_, len)| Some(std::mem::replace(end, *end + (len * 4) as u64))).collect();
+        let bytes = parts.iter().map(|&(_, len)| (len * 4) as u64).sum::<u64>();
         // One staging buffer, kept and grown as needed: a decode step reads back 4 bytes and allocates nothing.
         let mut kept = self.staging.borrow_mut();
         if kept.as_ref().is_none_or(|b| b.size() < bytes.max(4)) {
@@ -461,7 +467,9 @@ impl Gpu {
         drop(rec.pass.take());
         rec.recorded = 0;
         let mut encoder = rec.encoder.take().unwrap_or_else(|| self.device.create_command_encoder(&Default::default()));
-        encoder.copy_buffer_to_buffer(&buf.buffer, 0, &staging, 0, bytes);
+        for (&(buf, len), &offset) in parts.iter().zip(&at) {
+            encoder.copy_buffer_to_buffer(&buf.buffer, 0, &staging, offset, (len * 4) as u64);
+        }
         let mut profiler = self.profiler.borrow_mut();
         let timestamps = match profiler.as_mut().filter(|p| !p.pending.is_empty()) {
             Some(prof) => {
@@ -500,7 +508,9 @@ impl Gpu {
                 total.1 += 1;
             }
         }
-        let data = staging.slice(..bytes).get_mapped_range().map_err(|e| anyhow!("reading GPU results: {e}"))?.to_vec();
+        let view = staging.slice(..bytes.max(4)).get_mapped_range().map_err(|e| anyhow!("reading GPU results: {e}"))?;
+        let data = parts.iter().zip(&at).map(|(&(_, len), &offset)| view[offset as usize..offset as usize + len * 4].to_vec()).collect();
+        drop(view);
         staging.unmap();
         Ok(data)
     }

@@ -360,7 +360,11 @@ impl Backend for Gpu {
         Routing { ids, weights, tokens, k: per_token }
     }
 
-    fn experts(&self, x: &Act, r: &Routing, e: &GpuExperts) -> Result<Act> {
+    fn reads_ahead(&self, e: &GpuExperts, tokens: usize) -> bool {
+        e.stream.as_ref().is_some_and(|(slots, _)| slots.store.reads_ahead(tokens))
+    }
+
+    fn experts(&self, x: &Act, r: &Routing, e: &GpuExperts, ahead: Option<&Routing>) -> Result<Act> {
         let pairs = r.tokens * r.k;
         ensure!(pairs <= 65535, "at most 65535 (token, expert) pairs per forward call on the GPU");
         let (h, i) = (e.hidden, e.intermediate);
@@ -372,10 +376,22 @@ impl Backend for Gpu {
         };
         // Streamed: the router's choices come back to the CPU, which makes them resident and runs the kernels on
         // slot numbers, chunk by chunk when a prefill needs more experts than there are slots.
+        // With a guess of the next layer's routing, its experts not in the slots start being read now.
         let wait = std::time::Instant::now();
-        let ids: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&r.ids, pairs)?);
+        let mut wanted = vec![(&r.ids, pairs)];
+        wanted.extend(ahead.map(|a| (&a.ids, a.tokens * a.k)));
+        let mut back = self.read_back_all(&wanted)?.into_iter().map(|b| bytemuck::pod_collect_to_vec::<u8, u32>(&b));
+        let ids = back.next().expect("read back above");
         let waited = wait.elapsed().as_nanos() as u64;
         slots.store.counters[*layer].route_wait_nanos.fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
+        if let Some(guess) = back.next() {
+            // (Every layer has as many routed experts; the shared expert's id, `routed`, is never read.)
+            let mut guess: Vec<usize> = guess.into_iter().map(|id| id as usize).filter(|&id| id < e.routed).collect();
+            guess.sort_unstable();
+            guess.dedup();
+            guess.retain(|&id| !slots.resident(layer + 1, id));
+            slots.store.prefetch(layer + 1, &guess);
+        }
         let mut first = 0;
         while first < pairs {
             let (covered, slot_ids) = self.stage_experts(slots, *layer, &ids, r.k, e.routed, first)?;

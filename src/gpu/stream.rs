@@ -123,6 +123,11 @@ impl ExpertSlots {
         self.pool(layer).buf.clone()
     }
 
+    /// Whether expert `e` of `layer` is in a slot now.
+    pub(super) fn resident(&self, layer: usize, e: usize) -> bool {
+        self.pools.get(layer % self.pools.len()).is_some_and(|p| p.cache.borrow().contains((layer, e)))
+    }
+
     /// The fixed slot of layer `layer`'s shared expert.
     fn shared_slot(&self, layer: usize) -> u32 {
         (layer / self.pools.len()) as u32

@@ -32,7 +32,8 @@ pub fn forward<B: Backend>(
         let moe_input = b.add_rms_norm(&mut hidden, &mixed, &layer.post_attn_norm, h, eps);
         // The block's end also normalizes hidden for what comes next: the next layer, or the lm_head.
         let next_norm = w.layers.get(i + 1).map_or(&w.final_norm, |next| &next.input_norm);
-        x = sparse_moe(b, c, &layer.moe, &moe_input, &mut hidden, next_norm)?;
+        let read_ahead = w.layers.get(i + 1).map(|next| &next.moe).filter(|next| b.reads_ahead(&next.experts, tokens.len()));
+        x = sparse_moe(b, c, &layer.moe, &moe_input, &mut hidden, next_norm, read_ahead)?;
     }
     state.pos += tokens.len();
     let last = match which {
@@ -78,7 +79,9 @@ fn gated_deltanet<B: Backend>(
 
 /// Sparse MoE, added to `hidden`: the router picks k experts per token, each runs its SwiGLU MLP, their outputs
 /// are summed with the router's weights, plus the shared expert scaled by sigmoid(shared_expert_gate · x).
-/// Returns RMSNorm(hidden) · `next_norm`, which the same pass computes.
+/// Returns RMSNorm(hidden) · `next_norm`, which the same pass computes. With `read_ahead` (the next layer's MoE
+/// block, when its streamed experts are read ahead), its router applied to this layer's input guesses which of
+/// them it will need, so that they are read while this layer runs.
 pub fn sparse_moe<B: Backend>(
     b: &B,
     c: &ModelConfig,
@@ -86,10 +89,12 @@ pub fn sparse_moe<B: Backend>(
     x: &B::Act,
     hidden: &mut B::Act,
     next_norm: &B::Vector,
+    read_ahead: Option<&MoeWeights<B>>,
 ) -> Result<B::Act> {
-    let logits = b.matmul(x, &w.router);
-    let routing = b.route(&logits, &w.experts, c.experts_per_token, c.norm_topk_prob);
-    let expert_out = b.experts(x, &routing, &w.experts)?;
+    let (k, renormalize) = (c.experts_per_token, c.norm_topk_prob);
+    let routing = b.route(&b.matmul(x, &w.router), &w.experts, k, renormalize);
+    let ahead = read_ahead.map(|next| b.route(&b.matmul(x, &next.router), &next.experts, k, renormalize));
+    let expert_out = b.experts(x, &routing, &w.experts, ahead.as_ref())?;
     let shared = w.shared.as_ref().map(|s| (swiglu_mlp(b, &s.mlp, x), b.matmul(x, &s.gate)));
     let shared = shared.as_ref().map(|(o, g)| (o, g));
     Ok(b.moe_combine_rms_norm(hidden, &expert_out, &routing, shared, next_norm, c.hidden_size, c.rms_norm_eps))
