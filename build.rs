@@ -63,7 +63,10 @@ fn variants() -> Vec<(String, &'static str, Value)> {
     for stage in ["partial", "final"] {
         v.push((format!("argmax_{stage}"), "argmax.wgsl", context! { stage }));
     }
-    for plain in ["attention_heads", "attention", "attention_combine", "conv1d", "delta_rule", "router"] {
+    for subgroups in [false, true] {
+        v.push((format!("router{}", if subgroups { "_sg" } else { "" }), "router.wgsl", context! { subgroups }));
+    }
+    for plain in ["attention_heads", "attention", "attention_combine", "conv1d", "delta_rule"] {
         v.push((plain.to_string(), Box::leak(format!("{plain}.wgsl").into_boxed_str()), context! {}));
     }
     v

@@ -102,7 +102,7 @@ impl Gpu {
         kernels::find(name).unwrap_or_else(|| panic!("no kernel named {name}")).name
     }
 
-    /// A matrix kernel: its subgroup variant where subgroups are on.
+    /// A kernel with a subgroup variant (the matrix kernels, the router): that one where subgroups are on.
     fn matrix_kernel(&self, name: &str) -> &'static str {
         match self.subgroups.get() {
             true => self.kernel(&format!("{name}_sg")),
@@ -356,7 +356,7 @@ impl Backend for Gpu {
         let per_token = k + shared;
         let (ids, weights) = (self.scratch(tokens * per_token), self.scratch(tokens * per_token));
         let params = [tokens as u32, e as u32, k as u32, renormalize as u32, shared as u32];
-        self.dispatch("router", &[&logits.buf, &ids, &weights], &params, (tokens as u32, 1, 1));
+        self.dispatch(self.matrix_kernel("router"), &[&logits.buf, &ids, &weights], &params, (tokens as u32, 1, 1));
         Routing { ids, weights, tokens, k: per_token }
     }
 
