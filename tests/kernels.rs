@@ -173,6 +173,36 @@ fn matrices_uploaded_together_run_in_one_dispatch() {
     }
 }
 
+/// A matrix larger than one binding is split by rows into pieces that each fit one: matmul and embedding rows
+/// give what they give unsplit (here with the limit lowered so that small matrices split, at odd row counts).
+#[test]
+fn matrices_larger_than_a_binding_run_in_pieces() {
+    let Some(mut b) = bench() else { return };
+    for (format, rows, cols, limit) in [("f32", 301, 64, 16384), ("q4g64bf16", 301, 256, 16384), ("bf16", 130, 96, 10000), ("q8g32f16", 650, 128, 20000)] {
+        let m = b.matrix(rows, cols, format);
+        b.gpu.limit_bindings(limit);
+        let pieces = b.upload(&m);
+        for t in [1, 9] {
+            let (x, gx) = b.random(t * cols, 1.0);
+            let before = b.gpu.counters().dispatches;
+            let split = b.gpu.matmul(&gx, &pieces);
+            assert!(b.gpu.counters().dispatches - before > 1, "{format}: {rows} rows in one piece under {limit} bytes");
+            b.check(&format!("matmul {format} [{rows}x{cols}] x {t} in pieces of ≤ {limit} bytes"), &Cpu.matmul(&x, &m), &split, SUMS);
+        }
+        let tokens: Vec<u32> = (0..7).map(|_| b.rng.random_range(0..rows as u32)).chain([0, rows as u32 - 1]).collect();
+        let cpu = Cpu.embed(&m, &tokens).unwrap();
+        b.check(&format!("embed {format} in pieces"), &cpu, &b.gpu.embed(&pieces, &tokens).unwrap(), ELEMENTWISE);
+        // Matrices uploaded together that no longer fit one binding are kept apart, each split as it needs.
+        let (q, k) = (b.matrix(rows, cols, format), b.matrix(3, cols, format));
+        let [gq, gk] = Transfer::<Gpu>::matrices(&mut &b.gpu, [("q", &q), ("k", &k)]).unwrap();
+        let (x, gx) = b.random(cols, 1.0);
+        let [oq, ok] = b.gpu.matmuls(&gx, [&gq, &gk]);
+        b.check(&format!("{format} uploaded together, over the limit: q"), &Cpu.matmul(&x, &q), &oq, SUMS);
+        b.check(&format!("{format} uploaded together, over the limit: k"), &Cpu.matmul(&x, &k), &ok, SUMS);
+        b.gpu.limit_bindings(u64::MAX);
+    }
+}
+
 #[test]
 fn embedding_rows_every_format() {
     let Some(mut b) = bench() else { return };

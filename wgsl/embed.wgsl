@@ -1,10 +1,14 @@
-// y[i, c] = table[tokens[i], c] for a table of format {{ fmt.name }} (dequantized). Grid: (ceil(cols / 64), t).
+// y[i, c] = table[tokens[i], c] for a table of format {{ fmt.name }} (dequantized), for the tokens whose rows this
+// piece of the table holds (rows first.. first + rows; a table larger than one binding is split by rows).
+// Grid: (ceil(cols / 64), t).
 
 struct Params {
     cols: u32,
     w: u32,
     s: u32,
     b: u32,
+    first: u32,
+    rows: u32,
 }
 var<immediate> p: Params;
 
@@ -17,7 +21,8 @@ var<immediate> p: Params;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
-    if (c < p.cols) {
-        y[gid.y * p.cols + c] = weight_at(Mat(p.w, p.s, p.b, p.cols), tokens[gid.y], c);
+    let row = tokens[gid.y] - p.first;
+    if (c < p.cols && tokens[gid.y] >= p.first && row < p.rows) {
+        y[gid.y * p.cols + c] = weight_at(Mat(p.w, p.s, p.b, p.cols), row, c);
     }
 }

@@ -21,6 +21,10 @@ struct Params {
     r1: u32,
     r2: u32,
     r3: u32,
+{% else %}
+    // The output's row count and this matrix's first row in it (a matrix split over bindings runs in pieces).
+    out_rows: u32,
+    row0: u32,
 {% endif %}
 }
 var<immediate> p: Params;
@@ -69,7 +73,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                 y3[tok * (p.rows - p.r3) + row - p.r3] = v;
             }
 {% else %}
-            y[tok * p.rows + row] = v;
+            y[tok * p.out_rows + p.row0 + row] = v;
 {% endif %}
         }
     }

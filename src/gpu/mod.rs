@@ -63,6 +63,8 @@ pub struct Gpu {
     /// the model being uploaded.
     expert_memory: Cell<(u64, crate::store::CachePolicy)>,
     slots: RefCell<Option<Rc<stream::ExpertSlots>>>,
+    /// A binding limit below the adapter's (`Gpu::limit_bindings`), to exercise splitting in tests.
+    binding_cap: Cell<u64>,
     /// Kernels the uploaded weights need (`matmul_q4g64bf16`, `expert_down_bf16`, …, before their variant
     /// suffixes), to build their pipelines ahead of the first token.
     weight_kernels: RefCell<std::collections::BTreeSet<String>>,
@@ -185,6 +187,7 @@ impl Gpu {
             expert_memory: Cell::new((DEFAULT_EXPERT_MEMORY, crate::store::CachePolicy::Lru)),
             slots: RefCell::new(None),
             weight_kernels: RefCell::default(),
+            binding_cap: Cell::new(u64::MAX),
         }))
     }
 
@@ -256,7 +259,13 @@ impl Gpu {
 
     /// The largest buffer one binding may cover on this GPU.
     pub fn max_binding(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size
+        self.limits.max_storage_buffer_binding_size.min(self.binding_cap.get())
+    }
+
+    /// Binds at most `bytes` per buffer from now on, as a GPU with a smaller limit would (tests of the splitting
+    /// of large matrices use it).
+    pub fn limit_bindings(&self, bytes: u64) {
+        self.binding_cap.set(bytes);
     }
 
     fn new_id(&self) -> u64 {

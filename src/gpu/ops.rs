@@ -29,12 +29,30 @@ pub struct GpuMatrix {
     /// How far each part's offset moves per row: matrices uploaded together (`Transfer::matrices`) are views
     /// of one matrix, each next one's rows right after the previous one's.
     row_units: [u32; 3],
+    /// The rows after these `rows`, for a matrix larger than one binding: split by rows into buffers that each
+    /// fit one (each piece with no `more` of its own).
+    more: Vec<GpuMatrix>,
 }
 
 impl GpuMatrix {
+    /// Each piece of the matrix with its first row: this one, then `more`.
+    fn pieces(&self) -> impl Iterator<Item = (usize, &GpuMatrix)> {
+        std::iter::once(self).chain(&self.more).scan(0, |row0, piece| {
+            let first = *row0;
+            *row0 += piece.rows;
+            Some((first, piece))
+        })
+    }
+
+    fn total_rows(&self) -> usize {
+        self.pieces().map(|(_, piece)| piece.rows).sum()
+    }
+
     /// Whether `next`'s rows follow this matrix's in the same upload (so one dispatch can cover both).
     fn followed_by(&self, next: &GpuMatrix) -> bool {
-        Rc::ptr_eq(&self.buf, &next.buf)
+        self.more.is_empty()
+            && next.more.is_empty()
+            && Rc::ptr_eq(&self.buf, &next.buf)
             && self.format == next.format
             && self.cols == next.cols
             && (0..3).all(|i| self.offsets[i] + self.rows as u32 * self.row_units[i] == next.offsets[i])
@@ -182,21 +200,29 @@ impl Backend for Gpu {
         ensure!(tokens.len() <= 65535, "at most 65535 tokens per forward call on the GPU");
         let ids = self.upload("token ids", bytemuck::cast_slice(tokens))?;
         let out = self.empty(tokens.len() * table.cols);
-        let [w, s, b] = table.offsets;
         let kernel = self.kernel(&format!("embed_{}", table.format));
         let grid = (table.cols.div_ceil(64) as u32, tokens.len() as u32, 1);
-        self.dispatch(kernel, &[&table.buf, &ids, &out.buf], &[table.cols as u32, w, s, b], grid);
+        // Each piece of a split table fills the rows of the tokens it holds.
+        for (row0, piece) in table.pieces() {
+            let [w, s, b] = piece.offsets;
+            let params = [table.cols as u32, w, s, b, row0 as u32, piece.rows as u32];
+            self.dispatch(kernel, &[&piece.buf, &ids, &out.buf], &params, grid);
+        }
         Ok(out)
     }
 
     fn matmul(&self, x: &Act, w: &GpuMatrix) -> Act {
         let t = x.len / w.cols;
-        let out = self.empty(t * w.rows);
-        let (nt, grid) = matmul_grid(w.rows, t);
-        let kernel = self.matrix_kernel(&format!("matmul_{}_nt{nt}", w.format));
-        let [wo, so, bo] = w.offsets;
-        let params = [w.rows as u32, w.cols as u32, t as u32, wo, so, bo];
-        self.dispatch(kernel, &[&w.buf, &x.buf, &out.buf], &params, grid);
+        let total = w.total_rows();
+        let out = self.empty(t * total);
+        // Each piece of a split matrix writes its rows of the output.
+        for (row0, piece) in w.pieces() {
+            let (nt, grid) = matmul_grid(piece.rows, t);
+            let kernel = self.matrix_kernel(&format!("matmul_{}_nt{nt}", w.format));
+            let [wo, so, bo] = piece.offsets;
+            let params = [piece.rows as u32, w.cols as u32, t as u32, wo, so, bo, total as u32, row0 as u32];
+            self.dispatch(kernel, &[&piece.buf, &x.buf, &out.buf], &params, grid);
+        }
         out
     }
 
@@ -527,36 +553,31 @@ fn matrix_format(m: &Matrix) -> Result<(String, usize, usize)> {
 /// Uploads host weights (`&Gpu` so a shared GPU can take them).
 impl Transfer<Gpu> for &Gpu {
     fn matrix(&mut self, name: &str, m: &Matrix) -> Result<GpuMatrix> {
-        let &[rows, cols] = m.shape() else { bail!("{name}: a matrix of shape {:?}", m.shape()) };
-        let (format, wunit, sunit) = matrix_format(m).with_context(|| name.to_string())?;
-        ensure!(kernels::find(&format!("matmul_{format}_nt1")).is_some(), "{name}: the GPU has no kernel for {format}");
-        ensure!(rows.div_ceil(8) <= 65535, "{name}: {rows} rows are more than the GPU matmul's grid takes");
-        let parts: Vec<&[u8]> = match m {
-            Matrix::Dense(t) => vec![t.bytes()],
-            Matrix::Affine { words, scales, biases, .. } => vec![words.bytes(), scales.bytes(), biases.bytes()],
-        };
-        let mut bytes = Vec::new();
-        let mut offsets = [0u32; 3];
-        for (i, part) in parts.iter().enumerate() {
-            offsets[i] = (bytes.len() / if i == 0 { wunit } else { sunit }) as u32;
-            bytes.extend_from_slice(part);
-            bytes.resize(bytes.len().next_multiple_of(4), 0);
+        let &[rows, _] = m.shape() else { bail!("{name}: a matrix of shape {:?}", m.shape()) };
+        // Larger than one binding: split by rows into pieces that fit (each part padded to 4 bytes).
+        let row_bytes = m.size_bytes().div_ceil(rows.max(1)) as u64;
+        let per_piece = (self.max_binding().saturating_sub(12) / row_bytes.max(1)) as usize;
+        if rows > per_piece {
+            ensure!(per_piece > 0, "{name}: one row takes {row_bytes} bytes, more than this GPU's largest binding");
+            let mut pieces = (0..rows)
+                .step_by(per_piece)
+                .map(|r0| self.upload_matrix(name, &m.rows(r0..(r0 + per_piece).min(rows))))
+                .collect::<Result<Vec<_>>>()?;
+            let mut first = pieces.remove(0);
+            first.more = pieces;
+            return Ok(first);
         }
-        let buf = Rc::new(self.upload(name, &bytes)?);
-        self.weight_kernels.borrow_mut().extend([format!("matmul_{format}"), format!("embed_{format}")]);
-        let row_units = match m {
-            Matrix::Dense(_) => [cols as u32, 0, 0],
-            Matrix::Affine { format: q, .. } => {
-                let groups = (cols / q.group) as u32;
-                [(cols * q.bits as usize / 32) as u32, groups, groups]
-            }
-        };
-        Ok(GpuMatrix { buf, rows, cols, format, offsets, row_units })
+        self.upload_matrix(name, m)
+    }
+
+    fn vector(&mut self, name: &str, v: &[f32]) -> Result<Rc<Buf>> {
+        Ok(Rc::new(self.upload(name, bytemuck::cast_slice(v))?))
     }
 
     fn matrices<const N: usize>(&mut self, named: [(&str, &Matrix); N]) -> Result<[GpuMatrix; N]> {
+        // Together, where they have one format and fit one binding.
         let together = named[1..].iter().try_fold(named[0].1.clone(), |all, (_, m)| all.concat_rows(m));
-        let Some(together) = together else {
+        let Some(together) = together.filter(|all| all.size_bytes() as u64 + 12 <= self.max_binding()) else {
             let moved = named.iter().map(|(name, m)| self.matrix(name, m)).collect::<Result<Vec<_>>>()?;
             return Ok(moved.try_into().unwrap_or_else(|_| unreachable!("one matrix per name")));
         };
@@ -572,9 +593,6 @@ impl Transfer<Gpu> for &Gpu {
         }))
     }
 
-    fn vector(&mut self, name: &str, v: &[f32]) -> Result<Rc<Buf>> {
-        Ok(Rc::new(self.upload(name, bytemuck::cast_slice(v))?))
-    }
 
     fn experts(&mut self, layer: usize, experts: &HostExperts) -> Result<GpuExperts> {
         match experts {
@@ -608,6 +626,35 @@ impl Transfer<Gpu> for &Gpu {
 }
 
 impl Gpu {
+    /// Uploads `m` as one buffer (it fits one binding).
+    fn upload_matrix(&self, name: &str, m: &Matrix) -> Result<GpuMatrix> {
+        let &[rows, cols] = m.shape() else { bail!("{name}: a matrix of shape {:?}", m.shape()) };
+        let (format, wunit, sunit) = matrix_format(m).with_context(|| name.to_string())?;
+        ensure!(kernels::find(&format!("matmul_{format}_nt1")).is_some(), "{name}: the GPU has no kernel for {format}");
+        ensure!(rows.div_ceil(8) <= 65535, "{name}: {rows} rows are more than the GPU matmul's grid takes");
+        let parts: Vec<&[u8]> = match m {
+            Matrix::Dense(t) => vec![t.bytes()],
+            Matrix::Affine { words, scales, biases, .. } => vec![words.bytes(), scales.bytes(), biases.bytes()],
+        };
+        let mut bytes = Vec::new();
+        let mut offsets = [0u32; 3];
+        for (i, part) in parts.iter().enumerate() {
+            offsets[i] = (bytes.len() / if i == 0 { wunit } else { sunit }) as u32;
+            bytes.extend_from_slice(part);
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+        }
+        let buf = Rc::new(self.upload(name, &bytes)?);
+        self.weight_kernels.borrow_mut().extend([format!("matmul_{format}"), format!("embed_{format}")]);
+        let row_units = match m {
+            Matrix::Dense(_) => [cols as u32, 0, 0],
+            Matrix::Affine { format: q, .. } => {
+                let groups = (cols / q.group) as u32;
+                [(cols * q.bits as usize / 32) as u32, groups, groups]
+            }
+        };
+        Ok(GpuMatrix { buf, rows, cols, format, offsets, row_units, more: vec![] })
+    }
+
     /// A streamed layer's experts: its buffer of slots (made for the first layer of a model); with `shared`, the
     /// shared expert's record, put in the layer's fixed slot.
     fn streamed_experts(&self, s: &StreamedLayer, shared: Option<&[u8]>) -> Result<GpuExperts> {
