@@ -145,8 +145,9 @@ fn matmul_every_format_and_odd_shapes() {
 fn matrices_uploaded_together_run_in_one_dispatch() {
     let Some(mut b) = bench() else { return };
     let formats = ["f32", "bf16", "q4g64bf16", "q8g32f16", "q3g32bf16", "q6g128f32"];
-    // (rows of each of 3 or 4 matrices, cols, tokens)
-    let cases: [(&[usize], usize, usize); 4] = [(&[5, 3, 7], 128, 1), (&[37, 16, 4, 4], 256, 1), (&[64, 33, 1, 9], 128, 9), (&[1, 2, 3], 384, 17)];
+    // (rows of each of 2, 3 or 4 matrices, cols, tokens)
+    let cases: [(&[usize], usize, usize); 5] =
+        [(&[5, 3, 7], 128, 1), (&[37, 16, 4, 4], 256, 1), (&[64, 33, 1, 9], 128, 9), (&[1, 2, 3], 384, 17), (&[19, 30], 128, 2)];
     for (format, (rows, cols, t)) in formats.iter().zip(cases.iter().cycle()) {
         for subgroups in [true, false] {
             b.gpu.set_subgroups(subgroups);
@@ -155,6 +156,10 @@ fn matrices_uploaded_together_run_in_one_dispatch() {
             let what = format!("{format} rows {rows:?} x {cols}, {t} tokens, subgroups {subgroups}");
             let before = b.gpu.counters().dispatches;
             let outputs: Vec<<Gpu as Backend>::Act> = match host.as_slice() {
+                [a, b2] => {
+                    let up = Transfer::<Gpu>::matrices(&mut &b.gpu, [("a", a), ("b", b2)]).unwrap();
+                    b.gpu.matmuls(&gx, [&up[0], &up[1]]).into()
+                }
                 [q, k, v] => {
                     let up = Transfer::<Gpu>::matrices(&mut &b.gpu, [("q", q), ("k", k), ("v", v)]).unwrap();
                     b.gpu.matmuls(&gx, [&up[0], &up[1], &up[2]]).into()

@@ -234,11 +234,11 @@ impl Backend for Gpu {
         let (first, cols) = (ws[0], ws[0].cols);
         let t = x.len / cols;
         let outs = ws.map(|w| self.empty(t * w.rows));
-        let mut ends = [0u32; 4];
-        let mut rows = 0;
-        for (end, w) in ends.iter_mut().zip(&ws) {
-            rows += w.rows;
-            *end = rows as u32;
+        // Where each matrix's rows end (the last ones past N: all rows).
+        let rows: usize = ws.iter().map(|w| w.rows).sum();
+        let mut ends = [rows as u32; 4];
+        for (i, w) in ws.iter().enumerate().take(N - 1) {
+            ends[i] = if i == 0 { w.rows as u32 } else { ends[i - 1] + w.rows as u32 };
         }
         // Outputs past the N-th are never written but must be bound: distinct scratch buffers.
         let unused: Vec<Buf> = (N..4).map(|_| self.scratch(1)).collect();
@@ -247,7 +247,7 @@ impl Backend for Gpu {
         let (nt, grid) = matmul_grid(rows, t);
         let kernel = self.matrix_kernel(&format!("matmul_{}_nt{nt}_split", first.format));
         let [wo, so, bo] = first.offsets;
-        let params = [rows as u32, cols as u32, t as u32, wo, so, bo, ends[0], ends[1].min(ends[N - 1]), ends[2].min(ends[N - 1])];
+        let params = [rows as u32, cols as u32, t as u32, wo, so, bo, ends[0], ends[1], ends[2]];
         self.dispatch(kernel, &bound, &params, grid);
         outs
     }
