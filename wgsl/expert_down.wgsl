@@ -1,7 +1,8 @@
 {% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
 // each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
-// share its x loads. Grid: (ceil(rows / 16), pairs).
+// share its x loads; 16 lanes per row group, as the intermediate size (its columns) is small: 512 columns are 16
+// units of 32. Grid: (ceil(rows / 32), pairs).
 
 struct Params {
     rows: u32,
@@ -20,12 +21,12 @@ var<immediate> p: Params;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 {% include "weights.wgsl" %}
-{{ declarations(4, 32, 4) }}
+{{ declarations(4, 16, 8) }}
 
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
 
-@compute @workgroup_size(32, 4)
+@compute @workgroup_size(16, 8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
     let pair = p.first_pair + wid.y;
     let record = ids[pair] * p.stride;

@@ -153,7 +153,7 @@ impl Gpu {
         let [dw, ds, db] = e.down;
         let kernel = self.matrix_kernel(&format!("expert_down_{}", e.down_format));
         let params = [h as u32, i as u32, e.stride, dw, ds, db, first];
-        self.dispatch(kernel, &[&e.buf, &act.buf, ids, &out.buf], &params, (h.div_ceil(16) as u32, n, 1));
+        self.dispatch(kernel, &[&e.buf, &act.buf, ids, &out.buf], &params, (h.div_ceil(32) as u32, n, 1));
     }
 
     /// Element-wise `op` over `n` values; `copy` reads from element `src` on and writes from `dst` on.
