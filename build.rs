@@ -36,11 +36,10 @@ fn variants() -> Vec<(String, &'static str, Value)> {
         // Each matrix kernel also as `…_sg`: its lanes reduced with subgroup shuffles (for adapters that have them).
         for subgroups in [false, true] {
             let sg = if subgroups { "_sg" } else { "" };
-            for nt in [1, 8] {
-                for split in [false, true] {
-                    let name = format!("matmul_{f}_nt{nt}{}{sg}", if split { "_split" } else { "" });
-                    v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split }));
-                }
+            // Tokens per pass: 1 (decode; `w`: the wide layout for matrices with few rows) or 8; each also as a split.
+            for (nt, wide, split) in [(1, false, false), (1, true, false), (1, false, true), (8, false, false), (8, false, true)] {
+                let name = format!("matmul_{f}_nt{nt}{}{}{sg}", if wide { "w" } else { "" }, if split { "_split" } else { "" });
+                v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide }));
             }
             v.push((format!("expert_gate_up_{f}{sg}"), "expert_gate_up.wgsl", context! { fmt => fmt.clone(), subgroups }));
             v.push((format!("expert_down_{f}{sg}"), "expert_down.wgsl", context! { fmt => fmt.clone(), subgroups }));

@@ -217,8 +217,8 @@ impl Backend for Gpu {
         let out = self.empty(t * total);
         // Each piece of a split matrix writes its rows of the output.
         for (row0, piece) in w.pieces() {
-            let (nt, grid) = matmul_grid(piece.rows, t);
-            let kernel = self.matrix_kernel(&format!("matmul_{}_nt{nt}", w.format));
+            let (layout, grid) = matmul_layout(piece.rows, t, true);
+            let kernel = self.matrix_kernel(&format!("matmul_{}_{layout}", w.format));
             let [wo, so, bo] = piece.offsets;
             let params = [piece.rows as u32, w.cols as u32, t as u32, wo, so, bo, total as u32, row0 as u32];
             self.dispatch(kernel, &[&piece.buf, &x.buf, &out.buf], &params, grid);
@@ -244,8 +244,8 @@ impl Backend for Gpu {
         let unused: Vec<Buf> = (N..4).map(|_| self.scratch(1)).collect();
         let mut bound: Vec<&Buf> = vec![&first.buf, &x.buf];
         bound.extend(outs.iter().map(|o| &o.buf).chain(unused.iter()));
-        let (nt, grid) = matmul_grid(rows, t);
-        let kernel = self.matrix_kernel(&format!("matmul_{}_nt{nt}_split", first.format));
+        let (layout, grid) = matmul_layout(rows, t, false);
+        let kernel = self.matrix_kernel(&format!("matmul_{}_{layout}_split", first.format));
         let [wo, so, bo] = first.offsets;
         let params = [rows as u32, cols as u32, t as u32, wo, so, bo, ends[0], ends[1], ends[2]];
         self.dispatch(kernel, &bound, &params, grid);
@@ -482,12 +482,16 @@ impl Backend for Gpu {
     }
 }
 
-/// The tokens per weight pass of the matmul kernel for `t` tokens and its grid over `rows` rows: a workgroup
-/// covers 16 rows (decode) or 8 (8 tokens per pass), see wgsl/matmul.wgsl.
-fn matmul_grid(rows: usize, t: usize) -> (usize, (u32, u32, u32)) {
-    let nt = if t == 1 { 1 } else { 8 };
-    let rows_per_group = if nt == 1 { 16 } else { 8 };
-    (nt, (rows.div_ceil(rows_per_group) as u32, t.div_ceil(nt) as u32, 1))
+/// The layout of the matmul kernel for `t` tokens over `rows` rows (its name's `nt…` part) and its grid: a
+/// workgroup covers 16 rows (decode), 4 (`nt1w`, decode of fewer than 1,024 rows, where 16 per workgroup would
+/// leave most of the GPU idle) or 8 (8 tokens per pass); see wgsl/matmul.wgsl. `wide`: whether `nt1w` may be used.
+fn matmul_layout(rows: usize, t: usize, wide: bool) -> (&'static str, (u32, u32, u32)) {
+    let (layout, rows_per_group, tokens_per_pass) = match t {
+        1 if wide && rows < 1024 => ("nt1w", 4, 1),
+        1 => ("nt1", 16, 1),
+        _ => ("nt8", 8, 8),
+    };
+    (layout, (rows.div_ceil(rows_per_group) as u32, t.div_ceil(tokens_per_pass) as u32, 1))
 }
 
 /// One workgroup per row, folded into two dimensions.
@@ -523,8 +527,8 @@ impl WeightsFrom for Gpu {
                 let fixed = !["matmul_", "expert_", "embed_"].iter().any(|p| n.starts_with(p));
                 let of_weights = stems.iter().any(|stem| {
                     let rest = n.strip_prefix(stem.as_str());
-                    // Matmuls per tokens per pass, each also as a split (`…_nt1_split`).
-                    let matmul = |r: &str| r == format!("_nt1{sg}") || r == format!("_nt8{sg}");
+                    // Matmuls per layout, each also as a split (`…_nt1_split`).
+                    let matmul = |r: &str| ["_nt1", "_nt1w", "_nt8"].iter().any(|l| r == format!("{l}{sg}"));
                     rest.is_some_and(|r| r.is_empty() || r == sg || matmul(&r.replacen("_split", "", 1)))
                 });
                 fixed || of_weights
