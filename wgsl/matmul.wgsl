@@ -1,7 +1,7 @@
 {% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param %}
 {# Decode: 4 rows per thread share each x load, 32 lanes per row group (16 rows per workgroup); `wide` (decode of
-   a matrix with few rows, such as a router): 1 row per thread, 64 lanes (4 rows per workgroup, so that more
-   workgroups run); prefill: 1 row for 8 tokens (8 rows per workgroup). #}
+   a matrix with few rows, such as a router or a 2,048-row output projection): 1 row per thread, 64 lanes (4 rows
+   per workgroup, so that more workgroups run); prefill: 1 row for 8 tokens (8 rows per workgroup). #}
 {% set rows, lanes, groups = (1, 64, 4) if wide else ((4, 32, 4) if nt == 1 else (1, 16, 8)) %}
 // y[t, rows] = x[t, cols] · Wᵀ for a weight matrix W [rows, cols] of format {{ fmt.name }}: each thread sums
 // {{ rows }} row(s) for {{ nt }} token(s) per pass, so a batched prefill decodes each weight once per {{ nt }} tokens.
