@@ -508,7 +508,7 @@ impl WeightsFrom for Gpu {
     fn supports(&self, c: &ModelConfig) -> Result<()> {
         ensure!(c.num_experts <= 1024 && c.experts_per_token < 64, "the GPU router takes ≤ 1024 experts and < 64 per token");
         let hd = c.head_dim;
-        ensure!(hd <= 256 && hd % 4 == 0, "the GPU attention takes head_dim ≤ 256, a multiple of 4 (this model: {hd})");
+        ensure!(hd <= 256 && hd.is_multiple_of(4), "the GPU attention takes head_dim ≤ 256, a multiple of 4 (this model: {hd})");
         if let Some(l) = &c.linear {
             let (dk, dv) = (l.key_head_dim, l.value_head_dim);
             ensure!(dk % 8 == 0 && dk <= 256 && dv <= 256, "the GPU delta rule takes head dims ≤ 256 (key: a multiple of 8)");
