@@ -30,6 +30,23 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (ch >= p.channels) {
         return;
     }
+    if (p.t == 1u && p.kernel == 4u) {
+        // A decode step with Qwen3.5's 4 taps: every load issued before any is used (the loop below waits for
+        // each in turn, and one workgroup's time is those rounds of latency).
+        let s0 = state[ch];
+        let s1 = state[p.channels + ch];
+        let s2 = state[2u * p.channels + ch];
+        let x0 = x[ch];
+        let w0 = weight[ch * 4u];
+        let w1 = weight[ch * 4u + 1u];
+        let w2 = weight[ch * 4u + 2u];
+        let w3 = weight[ch * 4u + 3u];
+        y[ch] = silu(((w0 * s0 + w1 * s1) + w2 * s2) + w3 * x0);
+        state[ch] = s1;
+        state[p.channels + ch] = s2;
+        state[2u * p.channels + ch] = x0;
+        return;
+    }
     for (var i = 0u; i < p.t; i++) {
         var sum = 0.0;
         for (var j = 0u; j < p.kernel; j++) {
