@@ -34,7 +34,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let xo0 = pair * p.cols;
     let row0 = (wid.x * GROUPS + lid.y) * 4u;
 {{ accumulators(4, 1) }}
-{% call for_units(1) %}
+{% call for_units(fmt) %}
 {% for r in range(4) %}
 {{ accumulate(fmt, "down", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, 1, "valid") }}
 {% endfor %}

@@ -43,7 +43,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let r0 = min(row0, p.rows - 1u);
     let r1 = min(row0 + 1u, p.rows - 1u);
 {{ accumulators(4, 1) }}
-{% call for_units(1) %}
+{% call for_units(fmt) %}
 {{ accumulate(fmt, "gate", "r0", 0, 1, "valid") }}
 {{ accumulate(fmt, "gate", "r1", 1, 1, "valid") }}
 {{ accumulate(fmt, "up", "r0", 2, 1, "valid") }}

@@ -3,6 +3,10 @@
    a matrix with few rows, such as a router or a 2,048-row output projection): 1 row per thread, 64 lanes (4 rows
    per workgroup, so that more workgroups run); prefill: 1 row for 8 tokens (8 rows per workgroup). #}
 {% set rows, lanes, groups = (1, 64, 4) if wide else ((4, 32, 4) if nt == 1 else (1, 16, 8)) %}
+{# A word per step (matvec.wgsl) where it measured faster on the H100 (docs/PERF.md): prefill, 3.7× (each unit's
+   x loads, 8 tokens × 32 lanes × 128 bytes apart, were the bottleneck), and the wide decode layout at 4 bits
+   (−24%); at 8 bits, and in the 4-row decode layout, units were as fast or faster. #}
+{% set words = nt > 1 or (wide and fmt.bits != 8) %}
 // y[t, rows] = x[t, cols] · Wᵀ for a weight matrix W [rows, cols] of format {{ fmt.name }}: each thread sums
 // {{ rows }} row(s) for {{ nt }} token(s) per pass, so a batched prefill decodes each weight once per {{ nt }} tokens.
 // Grid: (ceil(rows / (GROUPS · {{ rows }})), ceil(t / {{ nt }})).
@@ -52,9 +56,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let xo{{ n }} = min(tok0 + {{ n }}u, p.t - 1u) * p.cols;
 {% endfor %}
 {{ accumulators(rows, nt) }}
-{% call for_units(1) %}
+{% call for_units(fmt, words) %}
 {% for r in range(rows) %}
-{{ accumulate(fmt, "m", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, nt, "valid") }}
+{{ accumulate(fmt, "m", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, nt, "valid", words) }}
 {% endfor %}
 {% endcall %}
 {{ reduce(rows, nt) }}

@@ -2,9 +2,14 @@
    imports them with `{% from "matvec.wgsl" import ... %}` and includes weights.wgsl for the format's loaders.
 
    The layout: a workgroup of LANES × GROUPS threads; each thread owns `rows` consecutive rows and sums every
-   LANES-th unit of 32 columns of them, for `nt` tokens; `reduce` then adds the lanes' partial sums up in
-   workgroup memory (no subgroup width assumed). Everything per unit is unrolled here, because naga emits loops
-   the GPU compiler does not unroll, and an array indexed in a loop would live in slow local memory. #}
+   LANES-th step of them, for `nt` tokens; `reduce` then adds the lanes' partial sums up in workgroup memory (no
+   subgroup width assumed). A step is a unit of 32 columns, or, where the kernel asks for `words` and the format
+   allows (2, 4 and 8 bits, whose values never straddle words), one packed word (32/b values), so that the lanes
+   of one load read consecutive words and consecutive slices of x. Everything per step is unrolled here, because naga
+   emits loops the GPU compiler does not unroll, and an array indexed in a loop would live in slow local memory. #}
+
+{# Whether a kernel that asks for `words` reads format `fmt` a word per step. #}
+{% macro by_words(fmt, words) %}{{ "1" if words and fmt.kind == "affine" and fmt.bits in [2, 4, 8] else "" }}{% endmacro %}
 
 {# The workgroup is LANES × GROUPS threads (the kernel's @workgroup_size must say the same). #}
 {% macro declarations(slots, lanes=16, groups=8) %}
@@ -15,12 +20,48 @@ const SLOTS: u32 = {{ slots }}u;
 var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 {% endmacro %}
 
-{# Adds Σ_c w[row, c]·x[c] over unit `u` of matrix `mat` (a Mat) to acc{slot}_{n}, for each token n < nt whose
+{# Adds Σ_c w[row, c]·x[c] over step `u` of matrix `mat` (a Mat) to acc{slot}_{n}, for each token n < nt whose
    input row starts at xo{n}, when `valid`. `row` and `u` must be in range (callers clamp them and pass
-   valid = false for a clamped unit), so every load can be issued before anything is known. #}
-{% macro accumulate(fmt, mat, row, slot, nt, valid="true") %}
+   valid = false for a clamped step), so every load can be issued before anything is known. #}
+{% macro accumulate(fmt, mat, row, slot, nt, valid="true", words=false) %}
         {
-{% if fmt.kind == "affine" %}
+{% if by_words(fmt, words) %}
+{% set vals = 32 // fmt.bits %}
+{#  Word u of the row holds columns u·vals ..; its group's scale and bias apply to all of them. No
+    integer-to-float conversions (a fraction of the FMA rate on NVIDIA): value i sits at bit p = (i·bits) mod 16
+    of the word's low or high half; masked in place and ORed into the mantissa of 2²³ it is the float
+    2²³ + q·2^p, so one subtraction gives q·2^p exactly, and x·2^-p (also exact) makes each product q·x. #}
+            let wv = w[{{ mat }}.w + ({{ row }}) * ({{ mat }}.cols / 32u * BITS) + u];
+            let hv = wv >> 16u;
+            let g = ({{ row }}) * ({{ mat }}.cols / GROUP) + u * {{ vals }}u / GROUP;
+            let scale = {{ fmt.sdtype }}_at({{ mat }}.s + g);
+            let bias = {{ fmt.sdtype }}_at({{ mat }}.b + g);
+{% for i in range(vals) %}
+{% set bit = i * fmt.bits %}
+            let q{{ i }} = bitcast<f32>(({{ "hv" if bit >= 16 else "wv" }} & {{ (2 ** fmt.bits - 1) * 2 ** (bit % 16) }}u) | 0x4b000000u) - 8388608.0;
+{% endfor %}
+{% for n in range(nt) %}
+            {
+                let xb = (xo{{ n }} + u * {{ vals }}u) / 4u;
+{% for j in range(vals // 4) %}
+                let x{{ j }} = x[xb + {{ j }}u];
+                let xp{{ j }} = x{{ j }} * vec4<f32>({% for c in range(4) %}{{ 1.0 / 2 ** (((4 * j + c) * fmt.bits) % 16) }}{{ ", " if c < 3 }}{% endfor %});
+{% endfor %}
+                var qx = q0 * xp0.x;
+{% for i in range(1, vals) %}
+                qx = fma(q{{ i }}, xp{{ i // 4 }}.{{ "xyzw"[i % 4] }}, qx);
+{% endfor %}
+{% if vals == 4 %}
+                let xs = dot(x0, vec4<f32>(1.0));
+{% elif vals == 8 %}
+                let xs = dot(x0 + x1, vec4<f32>(1.0));
+{% else %}
+                let xs = dot((x0 + x1) + (x2 + x3), vec4<f32>(1.0));
+{% endif %}
+                acc{{ slot }}_{{ n }} += select(0.0, scale * qx + bias * xs, {{ valid }});
+            }
+{% endfor %}
+{% elif fmt.kind == "affine" %}
             let base = {{ mat }}.w + ({{ row }}) * ({{ mat }}.cols / 32u * BITS) + u * BITS;
             let g = ({{ row }}) * ({{ mat }}.cols / GROUP) + u * 32u / GROUP;
             let scale = {{ fmt.sdtype }}_at({{ mat }}.s + g);
@@ -72,10 +113,12 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
         }
 {% endmacro %}
 
-{# The loop over this thread's units, `per_iteration` of them per iteration, calling the body with `u` and `valid`
-   set. (On the H100, two per iteration measured slower than one with two rows per thread.) #}
-{% macro for_units(per_iteration) %}
-    let units = (p.cols + 31u) / 32u;
+{# The loop over this thread's steps of a format-`fmt` matrix, calling the body with `u` and `valid` set: a unit
+   per iteration, or words worth 32 values (b words of b bits), as many loads in flight either way. (On the H100,
+   two units per iteration measured slower than one with two rows per thread.) #}
+{% macro for_units(fmt, words=false) %}
+{% set per_iteration = fmt.bits if by_words(fmt, words) else 1 %}
+    let units = {{ "p.cols / 32u * BITS" if by_words(fmt, words) else "(p.cols + 31u) / 32u" }};
     for (var u0 = lid.x; u0 < units; u0 += {{ per_iteration }}u * LANES) {
 {% for k in range(per_iteration) %}
         {
