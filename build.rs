@@ -41,8 +41,13 @@ fn variants() -> Vec<(String, &'static str, Value)> {
                 let name = format!("matmul_{f}_nt{nt}{}{}{sg}", if wide { "w" } else { "" }, if split { "_split" } else { "" });
                 v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide }));
             }
-            v.push((format!("expert_gate_up_{f}{sg}"), "expert_gate_up.wgsl", context! { fmt => fmt.clone(), subgroups }));
-            v.push((format!("expert_down_{f}{sg}"), "expert_down.wgsl", context! { fmt => fmt.clone(), subgroups }));
+            // The expert kernels per pair (decode), and `_grouped`: 8 pairs of one expert per pass (prefill).
+            for grouped in [false, true] {
+                let g = if grouped { "_grouped" } else { "" };
+                let context = context! { fmt => fmt.clone(), subgroups, grouped };
+                v.push((format!("expert_gate_up_{f}{g}{sg}"), "expert_gate_up.wgsl", context.clone()));
+                v.push((format!("expert_down_{f}{g}{sg}"), "expert_down.wgsl", context));
+            }
         }
         v.push((format!("embed_{f}"), "embed.wgsl", context! { fmt }));
     }
@@ -65,7 +70,7 @@ fn variants() -> Vec<(String, &'static str, Value)> {
     for subgroups in [false, true] {
         v.push((format!("router{}", if subgroups { "_sg" } else { "" }), "router.wgsl", context! { subgroups }));
     }
-    for plain in ["attention_heads", "attention", "attention_combine", "conv1d", "delta_rule"] {
+    for plain in ["attention_heads", "attention", "attention_combine", "conv1d", "delta_rule", "group_pairs"] {
         v.push((plain.to_string(), Box::leak(format!("{plain}.wgsl").into_boxed_str()), context! {}));
     }
     v

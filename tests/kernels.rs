@@ -374,6 +374,13 @@ fn moe_routing_experts_and_combine() {
         ("q3g32f16", 512, 10, 2, 64, 64, false),
         ("q8g128f32", 40, 4, 1, 256, 128, true),
         ("q6g64bf16", 10, 2, 4, 128, 64, true),
+        // From 32 tokens on the pairs are grouped by expert, 8 per pass (more experts than the grouping's 256
+        // threads, chunks cut short, formats read by words and by units).
+        ("q4g64bf16", 16, 8, 37, 128, 64, true),
+        ("q2g32bf16", 9, 3, 45, 64, 96, false),
+        ("q8g128f32", 300, 4, 33, 256, 128, true),
+        ("bf16", 5, 2, 40, 96, 40, true),
+        ("q3g32f16", 40, 10, 50, 64, 64, false),
     ];
     for ((format, experts, k, t, h, inter, renormalize), subgroups) in cases.into_iter().zip([true, false].into_iter().cycle()) {
         b.gpu.set_subgroups(subgroups);
@@ -421,6 +428,7 @@ fn sparse_moe_block_with_a_shared_expert() {
         ("q4g64bf16", "q8g64bf16", 16, 4, 3, 128, 64, 64),
         ("bf16", "bf16", 8, 2, 5, 64, 48, 40),
         ("q2g32bf16", "q8g32bf16", 9, 3, 1, 64, 64, 64),
+        ("q4g64bf16", "q8g64bf16", 16, 4, 35, 128, 64, 64),
     ];
     for (format, router_format, experts, k, t, h, inter, shared_inter) in cases {
         let mut mlp = |i: usize| ExpertWeights { gate: b.matrix(i, h, format), up: b.matrix(i, h, format), down: b.matrix(h, i, format) };

@@ -1,8 +1,12 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param, grouped_chunk %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
 // each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
 // share its x loads; 16 lanes per row group, as the intermediate size (its columns) is small: 512 columns are 16
 // units of 32. Grid: (ceil(rows / 32), pairs).
+{% if grouped %}
+// Grouped (prefill): each workgroup runs one chunk of up to 8 pairs of one expert (group_pairs.wgsl); each
+// thread unpacks one row once for 8 tokens. Grid: (ceil(rows / GROUPS), chunks).
+{% endif %}
 
 struct Params {
     rows: u32,
@@ -19,15 +23,37 @@ var<immediate> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<{{ "vec4<f32>" if fmt.kind == "affine" else "f32" }}>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
+{% if grouped %}
+@group(0) @binding(4) var<storage, read> order: array<u32>;
+@group(0) @binding(5) var<storage, read> chunks: array<vec2<u32>>;
+var<workgroup> chunk_shared: vec2<u32>;
+{% endif %}
 
 {% include "weights.wgsl" %}
-{{ declarations(4, 16, 8) }}
+{{ declarations(8 if grouped else 4, 16, 8) }}
 
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
 
 @compute @workgroup_size(16, 8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
+{% if grouped %}
+{{ grouped_chunk() }}
+{% for n in range(8) %}
+    let xo{{ n }} = pair{{ n }} * p.cols;
+{% endfor %}
+    let record = ids[pair0] * p.stride;
+    let down = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);
+    let row0 = wid.x * GROUPS + lid.y;
+{{ accumulators(1, 8) }}
+{% call for_units(fmt, true) %}
+{{ accumulate(fmt, "down", "min(row0, p.rows - 1u)", 0, 8, "valid", true) }}
+{% endcall %}
+{{ reduce(1, 8) }}
+    if (lid.x < chunk.y && row0 < p.rows) {
+        y[order[chunk.x + lid.x] * p.rows + row0] = partial[(lid.y * SLOTS + lid.x) * LANES];
+    }
+{% else %}
     let pair = p.first_pair + wid.y;
     let record = ids[pair] * p.stride;
     let down = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);
@@ -43,4 +69,5 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     if (lid.x < 4u && row0 + lid.x < p.rows) {
         y[pair * p.rows + row0 + lid.x] = partial[(lid.y * SLOTS + lid.x) * LANES];
     }
+{% endif %}
 }

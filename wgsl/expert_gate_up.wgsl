@@ -1,9 +1,13 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param, grouped_chunk %}
 // The first half of every routed expert of a layer in one dispatch: for each (token, slot k) pair, the expert id
 // comes from `ids` (written by the router on the GPU: no CPU round trip) and
 //   act[pair, r] = silu(gate_e[r] · x[token]) · (up_e[r] · x[token]).
 // Experts are fixed-stride records in `w` (the floe format's layout); gate and up are of format {{ fmt.name }}.
 // Each thread sums 2 rows of gate and of up. Grid: (ceil(rows / (GROUPS · 2)), pairs).
+{% if grouped %}
+// Grouped (prefill): each workgroup runs one chunk of up to 8 pairs of one expert (group_pairs.wgsl), so each
+// thread unpacks a row of gate and of up once for 8 tokens. Grid: (ceil(rows / GROUPS), chunks).
+{% endif %}
 
 struct Params {
     rows: u32,
@@ -25,15 +29,42 @@ var<immediate> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<{{ "vec4<f32>" if fmt.kind == "affine" else "f32" }}>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> act: array<f32>;
+{% if grouped %}
+@group(0) @binding(4) var<storage, read> order: array<u32>;
+@group(0) @binding(5) var<storage, read> chunks: array<vec2<u32>>;
+var<workgroup> chunk_shared: vec2<u32>;
+{% endif %}
 
 {% include "weights.wgsl" %}
-{{ declarations(4) }}
+{{ declarations(16 if grouped else 4) }}
 
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
 
 @compute @workgroup_size(16, 8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
+{% if grouped %}
+{{ grouped_chunk() }}
+{% for n in range(8) %}
+    let xo{{ n }} = (pair{{ n }} / p.k) * p.cols;
+{% endfor %}
+    let record = ids[pair0] * p.stride;
+    let gate = Mat((record + p.gate_w) / WB, (record + p.gate_s) / SB, (record + p.gate_b) / SB, p.cols);
+    let up = Mat((record + p.up_w) / WB, (record + p.up_s) / SB, (record + p.up_b) / SB, p.cols);
+    let row0 = wid.x * GROUPS + lid.y;
+    let r0 = min(row0, p.rows - 1u);
+{{ accumulators(2, 8) }}
+{% call for_units(fmt, true) %}
+{{ accumulate(fmt, "gate", "r0", 0, 8, "valid", true) }}
+{{ accumulate(fmt, "up", "r0", 1, 8, "valid", true) }}
+{% endcall %}
+{{ reduce(2, 8) }}
+    if (lid.x < chunk.y && row0 < p.rows) {
+        let g = partial[(lid.y * SLOTS + lid.x) * LANES];
+        let u = partial[(lid.y * SLOTS + 8u + lid.x) * LANES];
+        act[order[chunk.x + lid.x] * p.rows + row0] = g / (1.0 + exp(-g)) * u;
+    }
+{% else %}
     let pair = p.first_pair + wid.y;
     let record = ids[pair] * p.stride;
     let gate = Mat((record + p.gate_w) / WB, (record + p.gate_s) / SB, (record + p.gate_b) / SB, p.cols);
@@ -55,4 +86,5 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         let u = partial[(lid.y * SLOTS + 2u + lid.x) * LANES];
         act[pair * p.rows + row0 + lid.x] = g / (1.0 + exp(-g)) * u;
     }
+{% endif %}
 }

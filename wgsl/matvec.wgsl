@@ -191,3 +191,18 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 
 {# The entry point's extra parameter when subgroups are used. #}
 {% macro subgroup_param() %}{% if subgroups %}, @builtin(subgroup_size) sg_size: u32{% endif %}{% endmacro %}
+
+{# The grouped expert kernels' start: this workgroup's chunk (the same for all its threads, so an empty one may
+   return before the barriers) and its pairs pair0..pair7 (the last one repeated past the chunk's count). #}
+{% macro grouped_chunk() %}
+    if (lid.x == 0u && lid.y == 0u) {
+        chunk_shared = chunks[wid.y];
+    }
+    let chunk = workgroupUniformLoad(&chunk_shared);
+    if (chunk.y == 0u) {
+        return;
+    }
+{% for n in range(8) %}
+    let pair{{ n }} = order[chunk.x + min({{ n }}u, chunk.y - 1u)];
+{% endfor %}
+{% endmacro %}

@@ -141,19 +141,34 @@ impl Gpu {
     }
 
     /// The two expert kernels for (token, j) pairs `pairs`, reading record `ids[pair]` of `e.buf` for each.
+    /// `grouped` (prefills, `GROUPED_FROM`): the pairs are first grouped by expert on the GPU and each expert's
+    /// rows run for 8 of its pairs at a time, one pass over its weights per 8 tokens instead of per token.
     #[allow(clippy::too_many_arguments)]
-    fn expert_kernels(&self, x: &Act, ids: &Buf, k: usize, e: &GpuExperts, pairs: std::ops::Range<usize>, act: &Act, out: &Act) {
+    fn expert_kernels(&self, x: &Act, ids: &Buf, k: usize, e: &GpuExperts, pairs: std::ops::Range<usize>, grouped: bool, act: &Act, out: &Act) {
         let (h, i) = (e.hidden, e.intermediate);
         let (first, n) = (pairs.start as u32, pairs.len() as u32);
         let [gw, gs, gb] = e.gate;
         let [uw, us, ub] = e.up;
-        let params = [i as u32, h as u32, k as u32, e.stride, gw, gs, gb, uw, us, ub, first];
-        let kernel = self.matrix_kernel(&format!("expert_gate_up_{}", e.gate_up_format));
-        self.dispatch(kernel, &[&e.buf, &x.buf, ids, &act.buf], &params, (i.div_ceil(16) as u32, n, 1));
         let [dw, ds, db] = e.down;
-        let kernel = self.matrix_kernel(&format!("expert_down_{}", e.down_format));
-        let params = [h as u32, i as u32, e.stride, dw, ds, db, first];
-        self.dispatch(kernel, &[&e.buf, &act.buf, ids, &out.buf], &params, (h.div_ceil(32) as u32, n, 1));
+        let gate_up = [i as u32, h as u32, k as u32, e.stride, gw, gs, gb, uw, us, ub, first];
+        let down = [h as u32, i as u32, e.stride, dw, ds, db, first];
+        if !grouped {
+            let kernel = self.matrix_kernel(&format!("expert_gate_up_{}", e.gate_up_format));
+            self.dispatch(kernel, &[&e.buf, &x.buf, ids, &act.buf], &gate_up, (i.div_ceil(16) as u32, n, 1));
+            let kernel = self.matrix_kernel(&format!("expert_down_{}", e.down_format));
+            self.dispatch(kernel, &[&e.buf, &act.buf, ids, &out.buf], &down, (h.div_ceil(32) as u32, n, 1));
+            return;
+        }
+        let (records, chunks) = group_chunks(e, pairs.len());
+        let (order, chunk_table, work) = (self.scratch(pairs.end), self.scratch(2 * chunks), self.scratch(2 * records));
+        let params = [n, first, records as u32, chunks as u32];
+        self.dispatch("group_pairs", &[ids, &order, &chunk_table, &work], &params, (1, 1, 1));
+        let kernel = self.matrix_kernel(&format!("expert_gate_up_{}_grouped", e.gate_up_format));
+        let buffers = [&*e.buf, &x.buf, ids, &act.buf, &order, &chunk_table];
+        self.dispatch(kernel, &buffers, &gate_up, (i.div_ceil(8) as u32, chunks as u32, 1));
+        let kernel = self.matrix_kernel(&format!("expert_down_{}_grouped", e.down_format));
+        let buffers = [&*e.buf, &act.buf, ids, &out.buf, &order, &chunk_table];
+        self.dispatch(kernel, &buffers, &down, (h.div_ceil(8) as u32, chunks as u32, 1));
     }
 
     /// Element-wise `op` over `n` values; `copy` reads from element `src` on and writes from `dst` on.
@@ -393,11 +408,14 @@ impl Backend for Gpu {
     fn experts(&self, x: &Act, r: &Routing, e: &GpuExperts, ahead: Option<&Routing>) -> Result<Act> {
         let pairs = r.tokens * r.k;
         ensure!(pairs <= 65535, "at most 65535 (token, expert) pairs per forward call on the GPU");
+        // Decided per call, not per streamed chunk, so that streamed and resident runs compute alike.
+        let grouped = r.tokens >= GROUPED_FROM;
+        ensure!(!grouped || group_chunks(e, pairs).1 <= 65535, "too many (token, expert) pairs per forward call on the GPU");
         let (h, i) = (e.hidden, e.intermediate);
         let act = self.empty(pairs * i);
         let out = self.empty(pairs * h);
         let Some((slots, layer)) = &e.stream else {
-            self.expert_kernels(x, &r.ids, r.k, e, 0..pairs, &act, &out);
+            self.expert_kernels(x, &r.ids, r.k, e, 0..pairs, grouped, &act, &out);
             return Ok(out);
         };
         // Streamed: the router's choices come back to the CPU, which makes them resident and runs the kernels on
@@ -422,7 +440,7 @@ impl Backend for Gpu {
         while first < pairs {
             let (covered, slot_ids) = self.stage_experts(slots, *layer, &ids, r.k, e.routed, first)?;
             let slot_ids = slots.slot_ids(self, *layer, &slot_ids)?;
-            self.expert_kernels(x, &slot_ids, r.k, e, first..first + covered, &act, &out);
+            self.expert_kernels(x, &slot_ids, r.k, e, first..first + covered, grouped, &act, &out);
             first += covered;
             if first < pairs {
                 // The GPU copies and computes this chunk while the next one is read.
@@ -530,7 +548,8 @@ impl WeightsFrom for Gpu {
                     let rest = n.strip_prefix(stem.as_str());
                     // Matmuls per layout, each also as a split (`…_nt1_split`).
                     let matmul = |r: &str| ["_nt1", "_nt1w", "_nt8"].iter().any(|l| r == format!("{l}{sg}"));
-                    rest.is_some_and(|r| r.is_empty() || r == sg || matmul(&r.replacen("_split", "", 1)))
+                    let expert = |r: &str| r.is_empty() || r == sg || r == format!("_grouped{sg}");
+                    rest.is_some_and(|r| expert(r) || matmul(&r.replacen("_split", "", 1)))
                 });
                 fixed || of_weights
             })
@@ -539,6 +558,16 @@ impl WeightsFrom for Gpu {
         self.build_pipelines(&names);
         Ok(weights)
     }
+}
+
+/// Forward calls of at least this many tokens run the grouped expert kernels (8 pairs of an expert per pass).
+const GROUPED_FROM: usize = 32;
+
+/// For `pairs` pairs over the records of `e.buf` (experts, or slots when streamed; pairs name them by number):
+/// the record count and the most chunks of up to 8 pairs of one record they can make.
+fn group_chunks(e: &GpuExperts, pairs: usize) -> (usize, usize) {
+    let records = (e.buf.buffer.size() / e.stride as u64) as usize;
+    (records, pairs.div_ceil(8) + records.min(pairs))
 }
 
 /// The kernel spelling of a matrix's format, and the byte size of its packed-weight and scale units.
