@@ -5,7 +5,7 @@
 // units of 32. Grid: (ceil(rows / 32), pairs).
 {% if grouped %}
 // Grouped (prefill): each workgroup runs one chunk of up to 8 pairs of one expert (group_pairs.wgsl); each
-// thread unpacks one row once for 8 tokens. Grid: (ceil(rows / GROUPS), chunks).
+// thread unpacks 2 rows once for 8 tokens. Grid: (ceil(rows / (GROUPS · 2)), chunks).
 {% endif %}
 
 struct Params {
@@ -30,7 +30,7 @@ var<workgroup> chunk_shared: vec2<u32>;
 {% endif %}
 
 {% include "weights.wgsl" %}
-{{ declarations(8 if grouped else 4, 16, 8) }}
+{{ declarations(16 if grouped else 4, 16, 8) }}
 
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
@@ -44,14 +44,19 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 {% endfor %}
     let record = ids[pair0] * p.stride;
     let down = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);
-    let row0 = wid.x * GROUPS + lid.y;
-{{ accumulators(1, 8) }}
+    let row0 = (wid.x * GROUPS + lid.y) * 2u;
+{{ accumulators(2, 8) }}
 {% call for_units(fmt, true) %}
 {{ accumulate(fmt, "down", "min(row0, p.rows - 1u)", 0, 8, "valid", true) }}
+{{ accumulate(fmt, "down", "min(row0 + 1u, p.rows - 1u)", 1, 8, "valid", true) }}
 {% endcall %}
-{{ reduce(1, 8) }}
-    if (lid.x < chunk.y && row0 < p.rows) {
-        y[order[chunk.x + lid.x] * p.rows + row0] = partial[(lid.y * SLOTS + lid.x) * LANES];
+{{ reduce(2, 8) }}
+    // Lane n < 8 writes token n's two rows.
+    if (lid.x < chunk.y) {
+        let pair = order[chunk.x + lid.x];
+        for (var r = 0u; r < 2u && row0 + r < p.rows; r++) {
+            y[pair * p.rows + row0 + r] = partial[(lid.y * SLOTS + r * 8u + lid.x) * LANES];
+        }
     }
 {% else %}
     let pair = p.first_pair + wid.y;

@@ -1,8 +1,9 @@
 {% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param %}
 {# Decode: 4 rows per thread share each x load, 32 lanes per row group (16 rows per workgroup); `wide` (decode of
    a matrix with few rows, such as a router or a 2,048-row output projection): 1 row per thread, 64 lanes (4 rows
-   per workgroup, so that more workgroups run); prefill: 1 row for 8 tokens (8 rows per workgroup). #}
-{% set rows, lanes, groups = (1, 64, 4) if wide else ((4, 32, 4) if nt == 1 else (1, 16, 8)) %}
+   per workgroup, so that more workgroups run); prefill: 2 rows for 8 tokens (16 rows per workgroup; 1 row was
+   1.5× slower, 4 rows × 32 lanes × 4 no faster: docs/PERF.md). #}
+{% set rows, lanes, groups = (1, 64, 4) if wide else ((4, 32, 4) if nt == 1 else (2, 16, 8)) %}
 {# A word per step (matvec.wgsl) where it measured faster on the H100 (docs/PERF.md): prefill, 3.7× (each unit's
    x loads, 8 tokens × 32 lanes × 128 bytes apart, were the bottleneck), and the wide decode layout at 4 bits
    (−24%); at 8 bits, and in the 4-row decode layout, units were as fast or faster. #}

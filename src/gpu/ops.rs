@@ -168,7 +168,7 @@ impl Gpu {
         self.dispatch(kernel, &buffers, &gate_up, (i.div_ceil(8) as u32, chunks as u32, 1));
         let kernel = self.matrix_kernel(&format!("expert_down_{}_grouped", e.down_format));
         let buffers = [&*e.buf, &act.buf, ids, &out.buf, &order, &chunk_table];
-        self.dispatch(kernel, &buffers, &down, (h.div_ceil(8) as u32, chunks as u32, 1));
+        self.dispatch(kernel, &buffers, &down, (h.div_ceil(16) as u32, chunks as u32, 1));
     }
 
     /// Element-wise `op` over `n` values; `copy` reads from element `src` on and writes from `dst` on.
@@ -502,13 +502,13 @@ impl Backend for Gpu {
 
 /// The layout of the matmul kernel for `t` tokens over `rows` rows (its name's `nt…` part) and its grid: a
 /// workgroup covers 16 rows (decode), 4 (`nt1w`, decode of at most 2,048 rows, where 16 per workgroup would leave
-/// much of the GPU idle; measured on the H100: routers 16.6 → 11.5 µs, 2,048 × 4,096 matrices 22 → 19 µs) or 8
+/// much of the GPU idle; measured on the H100: routers 16.6 → 11.5 µs, 2,048 × 4,096 matrices 22 → 19 µs) or 16
 /// (8 tokens per pass); see wgsl/matmul.wgsl. `wide`: whether `nt1w` may be used.
 fn matmul_layout(rows: usize, t: usize, wide: bool) -> (&'static str, (u32, u32, u32)) {
     let (layout, rows_per_group, tokens_per_pass) = match t {
         1 if wide && rows <= 2048 => ("nt1w", 4, 1),
         1 => ("nt1", 16, 1),
-        _ => ("nt8", 8, 8),
+        _ => ("nt8", 16, 8),
     };
     (layout, (rows.div_ceil(rows_per_group) as u32, t.div_ceil(tokens_per_pass) as u32, 1))
 }
