@@ -23,6 +23,16 @@ fn main() {
     };
     println!("GPU: {}", gpu.describe());
     let limit: f64 = std::env::var("FLOE_BANDWIDTH_GBS").ok().and_then(|v| v.parse().ok()).unwrap_or(4000.0);
+    // What this GPU streams at all: an element-wise kernel over 2 × 256 MiB in and 256 MiB out (the lent H100 and
+    // H200 differ: the 4,000 GB/s figure was measured on the H200).
+    if gpu.max_binding() >= 256 << 20 {
+        let n = 64 << 20;
+        let (a, b) = (gpu.act(&vec![0.5; n]).unwrap(), gpu.act(&vec![0.25; n]).unwrap());
+        let secs = time(&gpu, 20, || {
+            let _ = gpu.swiglu(&a, &b);
+        });
+        report("element-wise over 768 MiB (2 reads, 1 write)", (3 * 4 * n) as f64, secs, limit);
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let f = QuantFormat::new(4, 64).unwrap();
     let mut random = |rows: usize, cols: usize| {
