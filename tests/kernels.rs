@@ -319,7 +319,7 @@ fn attention_prefill_then_decode() {
 #[test]
 fn gated_delta_net_carries_its_states() {
     let Some(mut b) = bench() else { return };
-    for (hk, hv, dk, dv, kernel) in [(1, 1, 8, 8, 2), (2, 4, 16, 24, 4), (2, 6, 128, 70, 4)] {
+    for (hk, hv, dk, dv, kernel) in [(1, 1, 8, 8, 2), (2, 4, 16, 24, 4), (2, 6, 128, 70, 4), (1, 2, 256, 40, 4), (1, 1, 40, 9, 3)] {
         let l = LinearAttnConfig { num_key_heads: hk, num_value_heads: hv, key_head_dim: dk, value_head_dim: dv, conv_kernel: kernel };
         let channels = l.conv_channels();
         let (conv1d, a_log, dt_bias) = (b.values(channels * kernel, 0.5), b.values(hv, 1.0), b.values(hv, 1.0));

@@ -379,9 +379,11 @@ impl Backend for Gpu {
         self.dispatch("conv1d", &[&x.buf, &w.conv1d, &state.conv, &conv.buf], &params, grid_1d(channels));
         let (hk, hv, dk, dv) = (l.num_key_heads, l.num_value_heads, l.key_head_dim, l.value_head_dim);
         let out = self.empty(t * hv * dv);
-        let params = [t as u32, hk as u32, hv as u32, dk as u32, dv as u32, channels as u32];
+        // Threads per state column: each holds 32 of its dk rows (see wgsl/delta_rule.wgsl).
+        let q = dk.div_ceil(32).next_power_of_two();
+        let params = [t as u32, hk as u32, hv as u32, dk as u32, dv as u32, channels as u32, q as u32];
         let buffers = [&conv.buf, &b.buf, &a.buf, &*w.a_log, &*w.dt_bias, &state.recurrent, &out.buf];
-        self.dispatch("delta_rule", &buffers, &params, (hv as u32, dv.div_ceil(64) as u32, 1));
+        self.dispatch("delta_rule", &buffers, &params, (hv as u32, dv.div_ceil(64 / q) as u32, 1));
         out
     }
 
