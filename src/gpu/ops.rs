@@ -160,7 +160,7 @@ impl Gpu {
             return;
         }
         let (records, chunks) = group_chunks(e, pairs.len());
-        let (order, chunk_table, work) = (self.scratch(pairs.end), self.scratch(2 * chunks), self.scratch(2 * records));
+        let (order, chunk_table, work) = (self.scratch(pairs.len()), self.scratch(2 * chunks), self.scratch(2 * records));
         let params = [n, first, records as u32, chunks as u32];
         self.dispatch("group_pairs", &[ids, &order, &chunk_table, &work], &params, (1, 1, 1));
         let kernel = self.matrix_kernel(&format!("expert_gate_up_{}_grouped", e.gate_up_format));
