@@ -120,9 +120,10 @@ fn quantized() -> Vec<String> {
 fn matmul_every_format_and_odd_shapes() {
     let Some(mut b) = bench() else { return };
     // (rows, cols, tokens): rows not a multiple of 4, cols not of 32, tokens around the 8 per pass; one token over
-    // at most and over 2,048 rows (the decode kernel's two layouts).
+    // at most and over 2,048 rows (the decode kernel's two layouts); quantized decode over more than one x tile of
+    // 2,048 columns, the last one partly filled.
     let dense_shapes = [(1, 1, 1), (5, 45, 1), (37, 100, 3), (64, 256, 9), (130, 33, 17), (2051, 40, 1)];
-    let quant_shapes = [(3, 128, 1), (37, 384, 1), (66, 256, 9), (9, 640, 17), (2053, 128, 1)];
+    let quant_shapes = [(3, 128, 1), (37, 384, 1), (66, 256, 9), (9, 640, 17), (2053, 128, 1), (2085, 2432, 1)];
     let formats: Vec<String> = DENSE.iter().map(|s| s.to_string()).chain(quantized()).collect();
     // Both reductions: with subgroup operations (where the adapter has them) and the workgroup-memory fallback.
     for subgroups in [true, false] {

@@ -1,9 +1,12 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, for_units_tiled, x_tile, subgroup_param %}
 {# Decode: 4 rows per thread share each x load, 32 lanes per row group (16 rows per workgroup); `wide` (decode of
    a matrix with few rows, such as a router or a 2,048-row output projection): 1 row per thread, 64 lanes (4 rows
    per workgroup, so that more workgroups run); prefill: 2 rows for 8 tokens (16 rows per workgroup; 1 row was
    1.5× slower, 4 rows × 32 lanes × 4 no faster: docs/PERF.md). #}
-{% set rows, lanes, groups = (1, 64, 4) if wide else ((4, 32, 4) if nt == 1 else (2, 16, 8)) %}
+{# Decode of affine formats reads x from a tile in workgroup memory, 32 rows per workgroup (the tile's fill is
+   shared by more rows; 16 per workgroup measured slower, 64 slower on 4,096 rows). #}
+{% set tiled = nt == 1 and not wide and fmt.kind == "affine" %}
+{% set rows, lanes, groups = (1, 64, 4) if wide else ((4, 32, 8 if tiled else 4) if nt == 1 else (2, 16, 8)) %}
 {# A word per step (matvec.wgsl) where it measured faster on the H100 (docs/PERF.md): prefill, 3.7× (each unit's
    x loads, 8 tokens × 32 lanes × 128 bytes apart, were the bottleneck), and the wide decode layout at 4 bits
    (−24%); at 8 bits, and in the 4-row decode layout, units were as fast or faster. #}
@@ -47,6 +50,7 @@ var<immediate> p: Params;
 
 {% include "weights.wgsl" %}
 {{ declarations(rows * nt, lanes, groups) }}
+{% if tiled %}{{ x_tile() }}{% endif %}
 
 @compute @workgroup_size({{ lanes }}, {{ groups }})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
@@ -57,11 +61,19 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let xo{{ n }} = min(tok0 + {{ n }}u, p.t - 1u) * p.cols;
 {% endfor %}
 {{ accumulators(rows, nt) }}
+{% if tiled %}
+{% call for_units_tiled("xo0") %}
+{% for r in range(rows) %}
+{{ accumulate(fmt, "m", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, nt, "valid", tiled=true) }}
+{% endfor %}
+{% endcall %}
+{% else %}
 {% call for_units(fmt, words) %}
 {% for r in range(rows) %}
 {{ accumulate(fmt, "m", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, nt, "valid", words) }}
 {% endfor %}
 {% endcall %}
+{% endif %}
 {{ reduce(rows, nt) }}
     if (lid.x < SLOTS) {
         let row = row0 + lid.x / {{ nt }}u;

@@ -23,7 +23,7 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 {# Adds Σ_c w[row, c]·x[c] over step `u` of matrix `mat` (a Mat) to acc{slot}_{n}, for each token n < nt whose
    input row starts at xo{n}, when `valid`. `row` and `u` must be in range (callers clamp them and pass
    valid = false for a clamped step), so every load can be issued before anything is known. #}
-{% macro accumulate(fmt, mat, row, slot, nt, valid="true", words=false) %}
+{% macro accumulate(fmt, mat, row, slot, nt, valid="true", words=false, tiled=false) %}
         {
 {% if by_words(fmt, words) %}
 {% set vals = 32 // fmt.bits %}
@@ -82,10 +82,16 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 {% endfor %}
 {% for n in range(nt) %}
             {
+{% if tiled %}
+{% for j in range(8) %}
+                let x{{ j }} = xt[(u - c0) * 8u + ((u & 7u) ^ {{ j }}u)];
+{% endfor %}
+{% else %}
                 let xb = (xo{{ n }} + u * 32u) / 4u;
 {% for j in range(8) %}
                 let x{{ j }} = x[xb + {{ j }}u];
 {% endfor %}
+{% endif %}
                 var qx = q0 * x0.x;
 {% for i in range(1, 32) %}
                 qx = fma(q{{ i }}, x{{ i // 4 }}.{{ "xyzw"[i % 4] }}, qx);
@@ -128,6 +134,35 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 {{ caller() }}
         }
 {% endfor %}
+    }
+{% endmacro %}
+
+{# Decode in steps of a unit (one token, affine formats): x staged in workgroup memory, TILE_UNITS units of 32
+   columns at a time, then read from there. Read from global memory, a warp's load of x touched 32 lines (its lanes
+   sit on units 128 bytes apart), and x loads, not weights, bounded the kernel (docs/PERF.md, "x in workgroup
+   memory"). In the tile, vec4 j of unit u is stored at (u·8) | (j ^ (u mod 8)), so that the 8 lanes of a quarter
+   warp, on 8 consecutive units, read 8 different banks. #}
+{% macro x_tile() %}
+const TILE_UNITS: u32 = 64u;
+var<workgroup> xt: array<vec4<f32>, 512>;
+{% endmacro %}
+
+{# The tiled loop: for each chunk of TILE_UNITS units, every thread helps fill the tile from x (token row starting
+   at `xo`), then the body runs with `u`, `valid` and the chunk's first unit `c0` set. #}
+{% macro for_units_tiled(xo) %}
+    let units = p.cols / 32u;
+    for (var c0 = 0u; c0 < units; c0 += TILE_UNITS) {
+        let cend = min(units, c0 + TILE_UNITS);
+        workgroupBarrier();
+        for (var i = lid.y * LANES + lid.x; i < (cend - c0) * 8u; i += LANES * GROUPS) {
+            xt[(i & ~7u) | ((i & 7u) ^ ((i >> 3u) & 7u))] = x[({{ xo }}) / 4u + c0 * 8u + i];
+        }
+        workgroupBarrier();
+        for (var u0 = c0 + lid.x; u0 < cend; u0 += LANES) {
+            let u = min(u0, cend - 1u);
+            let valid = u0 < cend;
+{{ caller() }}
+        }
     }
 {% endmacro %}
 
