@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param, grouped_chunk %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, for_units_tiled, x_tile, subgroup_param, grouped_chunk %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
 // each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
 // share its x loads; 16 lanes per row group, as the intermediate size (its columns) is small: 512 columns are 16
@@ -31,6 +31,9 @@ var<workgroup> chunk_shared: vec2<u32>;
 
 {% include "weights.wgsl" %}
 {{ declarations(16 if grouped else 4, 16, 8) }}
+{# Per pair (decode, short prefill chunks) of an affine format: x from a tile in workgroup memory (matvec.wgsl). #}
+{% set tiled = not grouped and fmt.kind == "affine" %}
+{% if tiled %}{{ x_tile() }}{% endif %}
 
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
@@ -65,11 +68,16 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let xo0 = pair * p.cols;
     let row0 = (wid.x * GROUPS + lid.y) * 4u;
 {{ accumulators(4, 1) }}
-{% call for_units(fmt) %}
+{% macro body() %}
 {% for r in range(4) %}
-{{ accumulate(fmt, "down", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, 1, "valid") }}
+{{ accumulate(fmt, "down", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, 1, "valid", tiled=tiled) }}
 {% endfor %}
-{% endcall %}
+{% endmacro %}
+{% if tiled %}
+{% call for_units_tiled("xo0") %}{{ body() }}{% endcall %}
+{% else %}
+{% call for_units(fmt) %}{{ body() }}{% endcall %}
+{% endif %}
 {{ reduce(4, 1) }}
     if (lid.x < 4u && row0 + lid.x < p.rows) {
         y[pair * p.rows + row0 + lid.x] = partial[(lid.y * SLOTS + lid.x) * LANES];

@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, subgroup_param, grouped_chunk %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, for_units_tiled, x_tile, subgroup_param, grouped_chunk %}
 // The first half of every routed expert of a layer in one dispatch: for each (token, slot k) pair, the expert id
 // comes from `ids` (written by the router on the GPU: no CPU round trip) and
 //   act[pair, r] = silu(gate_e[r] · x[token]) · (up_e[r] · x[token]).
@@ -37,6 +37,9 @@ var<workgroup> chunk_shared: vec2<u32>;
 
 {% include "weights.wgsl" %}
 {{ declarations(16 if grouped else 4) }}
+{# Per pair (decode, short prefill chunks) of an affine format: x from a tile in workgroup memory (matvec.wgsl). #}
+{% set tiled = not grouped and fmt.kind == "affine" %}
+{% if tiled %}{{ x_tile() }}{% endif %}
 
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
@@ -74,12 +77,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let r0 = min(row0, p.rows - 1u);
     let r1 = min(row0 + 1u, p.rows - 1u);
 {{ accumulators(4, 1) }}
-{% call for_units(fmt) %}
-{{ accumulate(fmt, "gate", "r0", 0, 1, "valid") }}
-{{ accumulate(fmt, "gate", "r1", 1, 1, "valid") }}
-{{ accumulate(fmt, "up", "r0", 2, 1, "valid") }}
-{{ accumulate(fmt, "up", "r1", 3, 1, "valid") }}
-{% endcall %}
+{% macro body() %}
+{{ accumulate(fmt, "gate", "r0", 0, 1, "valid", tiled=tiled) }}
+{{ accumulate(fmt, "gate", "r1", 1, 1, "valid", tiled=tiled) }}
+{{ accumulate(fmt, "up", "r0", 2, 1, "valid", tiled=tiled) }}
+{{ accumulate(fmt, "up", "r1", 3, 1, "valid", tiled=tiled) }}
+{% endmacro %}
+{% if tiled %}
+{% call for_units_tiled("xo0") %}{{ body() }}{% endcall %}
+{% else %}
+{% call for_units(fmt) %}{{ body() }}{% endcall %}
+{% endif %}
 {{ reduce(4, 1) }}
     if (lid.x < 2u && row0 + lid.x < p.rows) {
         let g = partial[(lid.y * SLOTS + lid.x) * LANES];
