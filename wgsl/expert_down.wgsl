@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, for_units_tiled, x_tile, subgroup_param, grouped_chunk %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
 // each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
 // share its x loads; 16 lanes per row group, as the intermediate size (its columns) is small: 512 columns are 16
@@ -68,16 +68,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let xo0 = pair * p.cols;
     let row0 = (wid.x * GROUPS + lid.y) * 4u;
 {{ accumulators(4, 1) }}
-{% macro body() %}
+{% call for_units(fmt, tiled=tiled) %}
 {% for r in range(4) %}
 {{ accumulate(fmt, "down", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, 1, "valid", tiled=tiled) }}
 {% endfor %}
-{% endmacro %}
-{% if tiled %}
-{% call for_units_tiled("xo0") %}{{ body() }}{% endcall %}
-{% else %}
-{% call for_units(fmt) %}{{ body() }}{% endcall %}
-{% endif %}
+{% endcall %}
 {{ reduce(4, 1) }}
     if (lid.x < 4u && row0 + lid.x < p.rows) {
         y[pair * p.rows + row0 + lid.x] = partial[(lid.y * SLOTS + lid.x) * LANES];

@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, for_units_tiled, x_tile, subgroup_param, grouped_chunk %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk %}
 // The first half of every routed expert of a layer in one dispatch: for each (token, slot k) pair, the expert id
 // comes from `ids` (written by the router on the GPU: no CPU round trip) and
 //   act[pair, r] = silu(gate_e[r] · x[token]) · (up_e[r] · x[token]).
@@ -77,17 +77,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let r0 = min(row0, p.rows - 1u);
     let r1 = min(row0 + 1u, p.rows - 1u);
 {{ accumulators(4, 1) }}
-{% macro body() %}
+{% call for_units(fmt, tiled=tiled) %}
 {{ accumulate(fmt, "gate", "r0", 0, 1, "valid", tiled=tiled) }}
 {{ accumulate(fmt, "gate", "r1", 1, 1, "valid", tiled=tiled) }}
 {{ accumulate(fmt, "up", "r0", 2, 1, "valid", tiled=tiled) }}
 {{ accumulate(fmt, "up", "r1", 3, 1, "valid", tiled=tiled) }}
-{% endmacro %}
-{% if tiled %}
-{% call for_units_tiled("xo0") %}{{ body() }}{% endcall %}
-{% else %}
-{% call for_units(fmt) %}{{ body() }}{% endcall %}
-{% endif %}
+{% endcall %}
 {{ reduce(4, 1) }}
     if (lid.x < 2u && row0 + lid.x < p.rows) {
         let g = partial[(lid.y * SLOTS + lid.x) * LANES];

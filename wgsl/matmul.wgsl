@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, for_units_tiled, x_tile, subgroup_param %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param %}
 {# Decode: 4 rows per thread share each x load, 32 lanes per row group (16 rows per workgroup); `wide` (decode of
    a matrix with few rows, such as a router or a 2,048-row output projection): 1 row per thread, 64 lanes (4 rows
    per workgroup, so that more workgroups run); prefill: 2 rows for 8 tokens (16 rows per workgroup; 1 row was
@@ -61,19 +61,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let xo{{ n }} = min(tok0 + {{ n }}u, p.t - 1u) * p.cols;
 {% endfor %}
 {{ accumulators(rows, nt) }}
-{% if tiled %}
-{% call for_units_tiled("xo0") %}
+{% call for_units(fmt, words, tiled) %}
 {% for r in range(rows) %}
-{{ accumulate(fmt, "m", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, nt, "valid", tiled=true) }}
+{{ accumulate(fmt, "m", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, nt, "valid", words, tiled) }}
 {% endfor %}
 {% endcall %}
-{% else %}
-{% call for_units(fmt, words) %}
-{% for r in range(rows) %}
-{{ accumulate(fmt, "m", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, nt, "valid", words) }}
-{% endfor %}
-{% endcall %}
-{% endif %}
 {{ reduce(rows, nt) }}
     if (lid.x < SLOTS) {
         let row = row0 + lid.x / {{ nt }}u;

@@ -122,8 +122,26 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 
 {# The loop over this thread's steps of a format-`fmt` matrix, calling the body with `u` and `valid` set: a unit
    per iteration, or words worth 32 values (b words of b bits), as many loads in flight either way. (On the H100,
-   two units per iteration measured slower than one with two rows per thread.) #}
-{% macro for_units(fmt, words=false) %}
+   two units per iteration measured slower than one with two rows per thread.) `tiled` (one token, an affine
+   format, its row starting at xo0): for each chunk of TILE_UNITS units, every thread first helps fill the x tile,
+   and the body also has the chunk's first unit `c0`. #}
+{% macro for_units(fmt, words=false, tiled=false) %}
+{% if tiled %}
+    let units = p.cols / 32u;
+    for (var c0 = 0u; c0 < units; c0 += TILE_UNITS) {
+        let cend = min(units, c0 + TILE_UNITS);
+        workgroupBarrier();
+        for (var i = lid.y * LANES + lid.x; i < (cend - c0) * 8u; i += LANES * GROUPS) {
+            xt[(i & ~7u) | ((i & 7u) ^ ((i >> 3u) & 7u))] = x[xo0 / 4u + c0 * 8u + i];
+        }
+        workgroupBarrier();
+        for (var u0 = c0 + lid.x; u0 < cend; u0 += LANES) {
+            let u = min(u0, cend - 1u);
+            let valid = u0 < cend;
+{{ caller() }}
+        }
+    }
+{% else %}
 {% set per_iteration = fmt.bits if by_words(fmt, words) else 1 %}
     let units = {{ "p.cols / 32u * BITS" if by_words(fmt, words) else "(p.cols + 31u) / 32u" }};
     for (var u0 = lid.x; u0 < units; u0 += {{ per_iteration }}u * LANES) {
@@ -135,6 +153,7 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
         }
 {% endfor %}
     }
+{% endif %}
 {% endmacro %}
 
 {# Decode in steps of a unit (one token, affine formats): x staged in workgroup memory, TILE_UNITS units of 32
@@ -147,24 +166,6 @@ const TILE_UNITS: u32 = 64u;
 var<workgroup> xt: array<vec4<f32>, 512>;
 {% endmacro %}
 
-{# The tiled loop: for each chunk of TILE_UNITS units, every thread helps fill the tile from x (token row starting
-   at `xo`), then the body runs with `u`, `valid` and the chunk's first unit `c0` set. #}
-{% macro for_units_tiled(xo) %}
-    let units = p.cols / 32u;
-    for (var c0 = 0u; c0 < units; c0 += TILE_UNITS) {
-        let cend = min(units, c0 + TILE_UNITS);
-        workgroupBarrier();
-        for (var i = lid.y * LANES + lid.x; i < (cend - c0) * 8u; i += LANES * GROUPS) {
-            xt[(i & ~7u) | ((i & 7u) ^ ((i >> 3u) & 7u))] = x[({{ xo }}) / 4u + c0 * 8u + i];
-        }
-        workgroupBarrier();
-        for (var u0 = c0 + lid.x; u0 < cend; u0 += LANES) {
-            let u = min(u0, cend - 1u);
-            let valid = u0 < cend;
-{{ caller() }}
-        }
-    }
-{% endmacro %}
 
 {# Declares the accumulators acc{s}_{n}. #}
 {% macro accumulators(slots, nt) %}
