@@ -375,6 +375,8 @@ fn moe_routing_experts_and_combine() {
         ("q3g32f16", 512, 10, 2, 64, 64, false),
         ("q8g128f32", 40, 4, 1, 256, 128, true),
         ("q6g64bf16", 10, 2, 4, 128, 64, true),
+        // Decode reads x through a tile of 2,048 columns: hidden and intermediate sizes over two tiles.
+        ("q4g64bf16", 3, 2, 1, 2176, 2112, true),
         // From 32 tokens on the pairs are grouped by expert, 8 per pass (more experts than the grouping's 256
         // threads, chunks cut short, formats read by words and by units).
         ("q4g64bf16", 16, 8, 37, 128, 64, true),
