@@ -1,7 +1,8 @@
 //! The GPU's 4-bit matrix-vector kernels against the memory bandwidth they could reach: a 4096×4096 matvec
 //! (q4, group 64, bf16 scales) and one layer of Qwen3.5-35B-A3B experts (K=8 of 256, 512×2048, the two expert
 //! dispatches), decode shapes (one token). Prints GB/s of weights read and the ratio to FLOE_BANDWIDTH_GBS
-//! (default 4000: what a plain WGSL read kernel reaches on the H100/H200, ../shared/notes/gpu-machine.md).
+//! (default 4000, the figure the GPU issue states its target against; what a plain read reaches on this GPU is
+//! `cargo bench --bench gpu_read`: 3,175 GB/s on the lent H100, 4,656 on the H200).
 //!
 //! `cargo bench --bench gpu_matvec` (needs a GPU adapter; lavapipe works but says nothing about GPU speed).
 

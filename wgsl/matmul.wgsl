@@ -1,10 +1,10 @@
 {% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param %}
-{# Decode: 4 rows per thread share each x load, 32 lanes per row group (16 rows per workgroup); `wide` (decode of
+{# Decode: 4 rows per thread share each x load, 32 lanes per row group (32 rows per workgroup for affine formats,
+   which read x from a tile in workgroup memory: the tile's fill is shared by more rows, and 16 per workgroup
+   measured slower, 64 slower on 4,096 rows; 16 for dense ones); `wide` (decode of
    a matrix with few rows, such as a router or a 2,048-row output projection): 1 row per thread, 64 lanes (4 rows
    per workgroup, so that more workgroups run); prefill: 2 rows for 8 tokens (16 rows per workgroup; 1 row was
    1.5× slower, 4 rows × 32 lanes × 4 no faster: docs/PERF.md). #}
-{# Decode of affine formats reads x from a tile in workgroup memory, 32 rows per workgroup (the tile's fill is
-   shared by more rows; 16 per workgroup measured slower, 64 slower on 4,096 rows). #}
 {% set tiled = nt == 1 and not wide and fmt.kind == "affine" %}
 {% set rows, lanes, groups = (1, 64, 4) if wide else ((4, 32, 8 if tiled else 4) if nt == 1 else (2, 16, 8)) %}
 {# A word per step (matvec.wgsl) where it measured faster on the H100 (docs/PERF.md): prefill, 3.7× (each unit's
