@@ -141,6 +141,25 @@ fn matmul_every_format_and_odd_shapes() {
     }
 }
 
+/// Prefill matmuls large enough to fill the GPU with tiles of 64 rows × 64 tokens run so (2, 4 and 8 bits), alone
+/// and split; rows and tokens not multiples of 64, and the last tile's rows in the split's last matrix.
+#[test]
+fn large_prefill_matmuls_run_in_tiles() {
+    let Some(mut b) = bench() else { return };
+    for (format, rows, cols, t) in [("q4g64bf16", 2100, 128, 520), ("q8g32f16", 4100, 96, 260), ("q2g128f32", 2050, 256, 580)] {
+        let m = b.matrix(rows, cols, format);
+        let (x, gx) = b.random(t * cols, 1.0);
+        let what = format!("matmul {format} [{rows}x{cols}] x {t} tokens");
+        b.check(&what, &Cpu.matmul(&x, &m), &b.gpu.matmul(&gx, &b.upload(&m)), SUMS);
+        let host = [b.matrix(rows - 70, cols, format), b.matrix(3, cols, format), b.matrix(67, cols, format)];
+        let up = Transfer::<Gpu>::matrices(&mut &b.gpu, [("a", &host[0]), ("b", &host[1]), ("c", &host[2])]).unwrap();
+        let outputs = b.gpu.matmuls(&gx, [&up[0], &up[1], &up[2]]);
+        for (i, (m, out)) in host.iter().zip(&outputs).enumerate() {
+            b.check(&format!("{what}, split: matrix {i}"), &Cpu.matmul(&x, m), out, SUMS);
+        }
+    }
+}
+
 /// Matrices uploaded together (a layer's input projections) run as one split dispatch, each matrix's rows to
 /// its own output; odd row counts put the splits inside workgroups.
 #[test]

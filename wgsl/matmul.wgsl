@@ -4,16 +4,21 @@
    measured slower, 64 slower on 4,096 rows; 16 for dense ones); `wide` (decode of
    a matrix with few rows, such as a router or a 2,048-row output projection): 1 row per thread, 64 lanes (4 rows
    per workgroup, so that more workgroups run); prefill: 2 rows for 8 tokens (16 rows per workgroup; 1 row was
-   1.5× slower, 4 rows × 32 lanes × 4 no faster: docs/PERF.md). #}
+   1.5× slower, 4 rows × 32 lanes × 4 no faster: docs/PERF.md); nt64: tiles in workgroup memory (below). #}
 {% set tiled = nt == 1 and not wide and fmt.kind == "affine" %}
 {% set rows, lanes, groups = (1, 64, 4) if wide else ((4, 32, 8 if tiled else 4) if nt == 1 else (2, 16, 8)) %}
 {# A word per step (matvec.wgsl) where it measured faster on the H100 (docs/PERF.md): prefill, 3.7× (each unit's
    x loads, 8 tokens × 32 lanes × 128 bytes apart, were the bottleneck), and the wide decode layout at 4 bits
    (−24%); at 8 bits, and in the 4-row decode layout, units were as fast or faster. #}
 {% set words = nt > 1 or (wide and fmt.bits != 8) %}
+{% if nt == 64 %}
+// y[t, rows] = x[t, cols] · Wᵀ for a weight matrix W [rows, cols] of format {{ fmt.name }}, in tiles of 64 rows × 64
+// tokens, so a batched prefill decodes each weight once per 64 tokens. Grid: (ceil(rows / 64), ceil(t / 64)).
+{% else %}
 // y[t, rows] = x[t, cols] · Wᵀ for a weight matrix W [rows, cols] of format {{ fmt.name }}: each thread sums
 // {{ rows }} row(s) for {{ nt }} token(s) per pass, so a batched prefill decodes each weight once per {{ nt }} tokens.
 // Grid: (ceil(rows / (GROUPS · {{ rows }})), ceil(t / {{ nt }})).
+{% endif %}
 {% if split %}
 // Split: W is several matrices' rows back to back (one upload) and each one's rows go to its own output,
 // y0 [t, r1], y1 [t, r2 − r1], y2 [t, r3 − r2], y3 [t, rows − r3]: one dispatch instead of one per matrix.
@@ -49,6 +54,97 @@ var<immediate> p: Params;
 {% endif %}
 
 {% include "weights.wgsl" %}
+
+{# Writes value `v` of (row, tok) to its output. #}
+{% macro store(row, tok, v) %}
+{% if split %}
+            if ({{ row }} < p.r1) {
+                y0[{{ tok }} * p.r1 + {{ row }}] = {{ v }};
+            } else if ({{ row }} < p.r2) {
+                y1[{{ tok }} * (p.r2 - p.r1) + {{ row }} - p.r1] = {{ v }};
+            } else if ({{ row }} < p.r3) {
+                y2[{{ tok }} * (p.r3 - p.r2) + {{ row }} - p.r2] = {{ v }};
+            } else {
+                y3[{{ tok }} * (p.rows - p.r3) + {{ row }} - p.r3] = {{ v }};
+            }
+{% else %}
+            y[{{ tok }} * p.out_rows + p.row0 + {{ row }}] = {{ v }};
+{% endif %}
+{% endmacro %}
+
+{% if nt == 64 %}
+{#- Tiled (prefill of ≥ 64 tokens, 2/4/8-bit affine formats): a workgroup of 16 × 16 threads computes a tile of
+    64 rows × 64 tokens, each thread 4 rows × 4 tokens. Per unit of 32 columns, the workgroup dequantizes the 64
+    rows' weights and copies the 64 tokens' x into workgroup memory (column-major, so a thread reads 4 rows or 4
+    tokens as one vec4), then each thread does 16 FMAs per 2 loads from there: each weight is unpacked once per
+    64 tokens instead of once per 8 (nt8). -#}
+const VALS: u32 = {{ 32 // fmt.bits }}u;
+// Column k of the unit: ws[k · 16 + r / 4][r % 4] = w[row0 + r, u · 32 + k], xs[k · 16 + t / 4][t % 4] = x[tok0 + t, …].
+var<workgroup> ws: array<vec4<f32>, 512>;
+var<workgroup> xs: array<vec4<f32>, 512>;
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let id = lid.y * 16u + lid.x;
+    let row0 = wid.x * 64u;
+    let tok0 = wid.y * 64u;
+    let words = p.cols / 32u * BITS;
+{% for i in range(4) %}
+{% for j in range(4) %}
+    var acc{{ i }}_{{ j }} = 0.0;
+{% endfor %}
+{% endfor %}
+    for (var u = 0u; u < p.cols / 32u; u++) {
+        workgroupBarrier();
+        // 64 rows × BITS words: word `i / 64` of row `i % 64` (consecutive threads on consecutive rows).
+        for (var i = id; i < 64u * BITS; i += 256u) {
+            let r = i % 64u;
+            let word = i / 64u;
+            let row = min(row0 + r, p.rows - 1u);
+            let v = w[p.w + row * words + u * BITS + word];
+            let g = row * (p.cols / GROUP) + u * 32u / GROUP;
+            let scale = {{ fmt.sdtype }}_at(p.s + g);
+            let bias = {{ fmt.sdtype }}_at(p.b + g);
+            for (var j = 0u; j < VALS; j++) {
+                ws[(word * VALS + j) * 16u + r / 4u][r % 4u] = scale * f32((v >> (j * BITS)) & MASK) + bias;
+            }
+        }
+        // 64 tokens × 8 vec4s of x: vec4 `i % 8` of token `i / 8`.
+        for (var i = id; i < 512u; i += 256u) {
+            let t = i / 8u;
+            let q = i % 8u;
+            let v = x[(min(tok0 + t, p.t - 1u) * p.cols + u * 32u) / 4u + q];
+            xs[(q * 4u) * 16u + t / 4u][t % 4u] = v.x;
+            xs[(q * 4u + 1u) * 16u + t / 4u][t % 4u] = v.y;
+            xs[(q * 4u + 2u) * 16u + t / 4u][t % 4u] = v.z;
+            xs[(q * 4u + 3u) * 16u + t / 4u][t % 4u] = v.w;
+        }
+        workgroupBarrier();
+{% for k in range(32) %}
+        {
+            let wv = ws[{{ k * 16 }}u + lid.y];
+            let xv = xs[{{ k * 16 }}u + lid.x];
+{% for i in range(4) %}
+{% for j in range(4) %}
+            acc{{ i }}_{{ j }} = fma(wv[{{ i }}], xv[{{ j }}], acc{{ i }}_{{ j }});
+{% endfor %}
+{% endfor %}
+        }
+{% endfor %}
+    }
+{% for i in range(4) %}
+{% for j in range(4) %}
+    {
+        let row = row0 + lid.y * 4u + {{ i }}u;
+        let tok = tok0 + lid.x * 4u + {{ j }}u;
+        if (row < p.rows && tok < p.t) {
+{{ store("row", "tok", "acc" ~ i ~ "_" ~ j) }}
+        }
+    }
+{% endfor %}
+{% endfor %}
+}
+{% else %}
 {{ declarations(rows * nt, lanes, groups) }}
 {% if tiled %}{{ x_tile() }}{% endif %}
 
@@ -71,20 +167,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         let row = row0 + lid.x / {{ nt }}u;
         let tok = tok0 + lid.x % {{ nt }}u;
         if (row < p.rows && tok < p.t) {
-            let v = partial[(lid.y * SLOTS + lid.x) * LANES];
-{% if split %}
-            if (row < p.r1) {
-                y0[tok * p.r1 + row] = v;
-            } else if (row < p.r2) {
-                y1[tok * (p.r2 - p.r1) + row - p.r1] = v;
-            } else if (row < p.r3) {
-                y2[tok * (p.r3 - p.r2) + row - p.r2] = v;
-            } else {
-                y3[tok * (p.rows - p.r3) + row - p.r3] = v;
-            }
-{% else %}
-            y[tok * p.out_rows + p.row0 + row] = v;
-{% endif %}
+{{ store("row", "tok", "partial[(lid.y * SLOTS + lid.x) * LANES]") }}
         }
     }
 }
+{% endif %}

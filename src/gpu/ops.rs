@@ -35,11 +35,6 @@ pub struct GpuMatrix {
 }
 
 impl GpuMatrix {
-    /// Whether its values are affine-quantized (`q4g64bf16`, …), not dense floats.
-    fn affine(&self) -> bool {
-        self.format.starts_with('q')
-    }
-
     /// Each piece of the matrix with its first row: this one, then `more`.
     fn pieces(&self) -> impl Iterator<Item = (usize, &GpuMatrix)> {
         std::iter::once(self).chain(&self.more).scan(0, |row0, piece| {
@@ -237,7 +232,7 @@ impl Backend for Gpu {
         let out = self.empty(t * total);
         // Each piece of a split matrix writes its rows of the output.
         for (row0, piece) in w.pieces() {
-            let (layout, grid) = matmul_layout(piece.rows, t, true, w.affine());
+            let (layout, grid) = matmul_layout(piece.rows, t, true, &w.format);
             let kernel = self.matrix_kernel(&format!("matmul_{}_{layout}", w.format));
             let [wo, so, bo] = piece.offsets;
             let params = [piece.rows as u32, w.cols as u32, t as u32, wo, so, bo, total as u32, row0 as u32];
@@ -264,7 +259,7 @@ impl Backend for Gpu {
         let unused: Vec<Buf> = (N..4).map(|_| self.scratch(1)).collect();
         let mut bound: Vec<&Buf> = vec![&first.buf, &x.buf];
         bound.extend(outs.iter().map(|o| &o.buf).chain(unused.iter()));
-        let (layout, grid) = matmul_layout(rows, t, false, first.affine());
+        let (layout, grid) = matmul_layout(rows, t, false, &first.format);
         let kernel = self.matrix_kernel(&format!("matmul_{}_{layout}_split", first.format));
         let [wo, so, bo] = first.offsets;
         let params = [rows as u32, cols as u32, t as u32, wo, so, bo, ends[0], ends[1], ends[2]];
@@ -507,19 +502,28 @@ impl Backend for Gpu {
     }
 }
 
-/// The layout of the matmul kernel for `t` tokens over `rows` rows of a matrix (`affine`: quantized) (its name's
-/// `nt…` part) and its grid: a workgroup covers 32 rows (decode of a quantized matrix; 16 of a dense one), 4
-/// (`nt1w`, decode of at most 2,048 rows, where more per workgroup would leave much of the GPU idle; measured on the
-/// H100: routers 16.6 → 11.5 µs, 2,048 × 4,096 matrices 22 → 19 µs) or 16 (8 tokens per pass); see
-/// wgsl/matmul.wgsl. `wide`: whether `nt1w` may be used.
-fn matmul_layout(rows: usize, t: usize, wide: bool, affine: bool) -> (&'static str, (u32, u32, u32)) {
+/// The layout of the matmul kernel for `t` tokens over `rows` rows of a matrix of `format` (its name's `nt…` part)
+/// and its grid: a workgroup covers 32 rows (decode of a quantized matrix; 16 of a dense one), 4 (`nt1w`, decode of
+/// at most 2,048 rows, where more per workgroup would leave much of the GPU idle; measured on the H100: routers
+/// 16.6 → 11.5 µs, 2,048 × 4,096 matrices 22 → 19 µs), 16 (8 tokens per pass) or 64 rows × 64 tokens (`nt64`,
+/// large prefills, formats that have it); see wgsl/matmul.wgsl. `wide`: whether `nt1w` may be used.
+fn matmul_layout(rows: usize, t: usize, wide: bool, format: &str) -> (&'static str, (u32, u32, u32)) {
+    let affine = format.starts_with('q');
     let (layout, rows_per_group, tokens_per_pass) = match t {
         1 if wide && rows <= 2048 => ("nt1w", 4, 1),
         1 => ("nt1", if affine { 32 } else { 16 }, 1),
+        t if rows.div_ceil(64) * t.div_ceil(64) >= TILED_WORKGROUPS && kernels::find(&format!("matmul_{format}_nt64")).is_some() => {
+            ("nt64", 64, 64)
+        }
         _ => ("nt8", 16, 8),
     };
     (layout, (rows.div_ceil(rows_per_group) as u32, t.div_ceil(tokens_per_pass) as u32, 1))
 }
+
+/// Matmuls that make at least this many tiles of 64 rows × 64 tokens run so (`nt64`), where the format has them:
+/// fewer leave the GPU idle (on the H100, 40 tiles of a 257-row router took 2× the time of `nt8`, and prefills of
+/// 64 and 128 tokens ran 15–20% slower in tiles).
+const TILED_WORKGROUPS: usize = 256;
 
 /// One workgroup per row, folded into two dimensions.
 fn rows_grid(rows: usize) -> (u32, u32, u32) {
@@ -555,7 +559,7 @@ impl WeightsFrom for Gpu {
                 let of_weights = stems.iter().any(|stem| {
                     let rest = n.strip_prefix(stem.as_str());
                     // Matmuls per layout, each also as a split (`…_nt1_split`).
-                    let matmul = |r: &str| ["_nt1", "_nt1w", "_nt8"].iter().any(|l| r == format!("{l}{sg}"));
+                    let matmul = |r: &str| ["_nt1", "_nt1w", "_nt8", "_nt64"].iter().any(|l| r == format!("{l}{sg}"));
                     let expert = |r: &str| r.is_empty() || r == sg || r == format!("_grouped{sg}");
                     rest.is_some_and(|r| expert(r) || matmul(&r.replacen("_split", "", 1)))
                 });
