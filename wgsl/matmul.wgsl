@@ -94,32 +94,57 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     var acc{{ i }}_{{ j }} = 0.0;
 {% endfor %}
 {% endfor %}
-    for (var u = 0u; u < p.cols / 32u; u++) {
+    // This thread's share of a unit, loaded a unit ahead (in flight while the FMAs of the unit before run): weight
+    // words `wi{n} / 64` of rows `wi{n} % 64` (consecutive threads on consecutive rows) with their group's scale and
+    // bias, and x vec4s `id % 8` of tokens `id / 8` and 32 + `id / 8`.
+{% set wl = (64 * fmt.bits + 255) // 256 %}
+{% for n in range(wl) %}
+    let wi{{ n }} = id + {{ n * 256 }}u;
+    let wr{{ n }} = min(row0 + wi{{ n }} % 64u, p.rows - 1u);
+    var wv{{ n }} = 0u;
+    var wsc{{ n }} = 0.0;
+    var wbi{{ n }} = 0.0;
+{% endfor %}
+    var xv0 = vec4<f32>();
+    var xv1 = vec4<f32>();
+{% macro load_unit(u) %}
+{% for n in range(wl) %}
+        if (wi{{ n }} < 64u * BITS) {
+            let g = wr{{ n }} * (p.cols / GROUP) + ({{ u }}) * 32u / GROUP;
+            wv{{ n }} = w[p.w + wr{{ n }} * words + ({{ u }}) * BITS + wi{{ n }} / 64u];
+            wsc{{ n }} = {{ fmt.sdtype }}_at(p.s + g);
+            wbi{{ n }} = {{ fmt.sdtype }}_at(p.b + g);
+        }
+{% endfor %}
+{% for n in range(2) %}
+        xv{{ n }} = x[(min(tok0 + id / 8u + {{ n * 32 }}u, p.t - 1u) * p.cols + ({{ u }}) * 32u) / 4u + id % 8u];
+{% endfor %}
+{% endmacro %}
+{{ load_unit("0u") }}
+    let units = p.cols / 32u;
+    for (var u = 0u; u < units; u++) {
         workgroupBarrier();
-        // 64 rows × BITS words: word `i / 64` of row `i % 64` (consecutive threads on consecutive rows).
-        for (var i = id; i < 64u * BITS; i += 256u) {
-            let r = i % 64u;
-            let word = i / 64u;
-            let row = min(row0 + r, p.rows - 1u);
-            let v = w[p.w + row * words + u * BITS + word];
-            let g = row * (p.cols / GROUP) + u * 32u / GROUP;
-            let scale = {{ fmt.sdtype }}_at(p.s + g);
-            let bias = {{ fmt.sdtype }}_at(p.b + g);
+{% for n in range(wl) %}
+        if (wi{{ n }} < 64u * BITS) {
+            let r = wi{{ n }} % 64u;
+            let word = wi{{ n }} / 64u;
             for (var j = 0u; j < VALS; j++) {
-                ws[(word * VALS + j) * 16u + r / 4u][r % 4u] = scale * f32((v >> (j * BITS)) & MASK) + bias;
+                ws[(word * VALS + j) * 16u + r / 4u][r % 4u] = wsc{{ n }} * f32((wv{{ n }} >> (j * BITS)) & MASK) + wbi{{ n }};
             }
         }
-        // 64 tokens × 8 vec4s of x: vec4 `i % 8` of token `i / 8`.
-        for (var i = id; i < 512u; i += 256u) {
-            let t = i / 8u;
-            let q = i % 8u;
-            let v = x[(min(tok0 + t, p.t - 1u) * p.cols + u * 32u) / 4u + q];
-            xs[(q * 4u) * 16u + t / 4u][t % 4u] = v.x;
-            xs[(q * 4u + 1u) * 16u + t / 4u][t % 4u] = v.y;
-            xs[(q * 4u + 2u) * 16u + t / 4u][t % 4u] = v.z;
-            xs[(q * 4u + 3u) * 16u + t / 4u][t % 4u] = v.w;
+{% endfor %}
+{% for n in range(2) %}
+        {
+            let t = id / 8u + {{ n * 32 }}u;
+            let q = id % 8u;
+            xs[(q * 4u) * 16u + t / 4u][t % 4u] = xv{{ n }}.x;
+            xs[(q * 4u + 1u) * 16u + t / 4u][t % 4u] = xv{{ n }}.y;
+            xs[(q * 4u + 2u) * 16u + t / 4u][t % 4u] = xv{{ n }}.z;
+            xs[(q * 4u + 3u) * 16u + t / 4u][t % 4u] = xv{{ n }}.w;
         }
+{% endfor %}
         workgroupBarrier();
+{{ load_unit("min(u + 1u, units - 1u)") }}
 {% for k in range(32) %}
         {
             let wv = ws[{{ k * 16 }}u + lid.y];
