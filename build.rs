@@ -38,10 +38,10 @@ fn variants() -> Vec<(String, &'static str, Value)> {
             let sg = if subgroups { "_sg" } else { "" };
             // Tokens per pass: 1 (decode; `w`: the wide layout for matrices with few rows), 8 or 64; each also as a split.
             // 64: tiles of 64 tokens, for 2, 4 and 8 bits (the same kernel under both names: it reduces nothing).
-            let tiled = fmt.get_attr("kind").unwrap().as_str() == Some("affine")
+            let in_tiles = fmt.get_attr("kind").unwrap().as_str() == Some("affine")
                 && [2, 4, 8].contains(&fmt.get_attr("bits").unwrap().as_usize().unwrap());
             for (nt, wide, split) in [(1, false, false), (1, true, false), (1, false, true), (8, false, false), (8, false, true), (64, false, false), (64, false, true)] {
-                if nt == 64 && !tiled {
+                if nt == 64 && !in_tiles {
                     continue;
                 }
                 let name = format!("matmul_{f}_nt{nt}{}{}{sg}", if wide { "w" } else { "" }, if split { "_split" } else { "" });

@@ -73,8 +73,8 @@ var<immediate> p: Params;
 {% endmacro %}
 
 {% if nt == 64 %}
-{#- Tiled (prefill of ≥ 64 tokens, 2/4/8-bit affine formats): a workgroup of 16 × 16 threads computes a tile of
-    64 rows × 64 tokens, each thread 4 rows × 4 tokens. Per unit of 32 columns, the workgroup dequantizes the 64
+{#- Tiled (prefills whose matmul makes enough tiles to fill the GPU, see ops.rs; 2/4/8-bit affine formats): a
+    workgroup of 16 × 16 threads computes a tile of 64 rows × 64 tokens, each thread 4 rows × 4 tokens. Per unit of 32 columns, the workgroup dequantizes the 64
     rows' weights and copies the 64 tokens' x into workgroup memory (column-major, so a thread reads 4 rows or 4
     tokens as one vec4), then each thread does 16 FMAs per 2 loads from there: each weight is unpacked once per
     64 tokens instead of once per 8 (nt8). -#}

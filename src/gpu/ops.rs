@@ -520,8 +520,7 @@ fn matmul_layout(rows: usize, t: usize, wide: bool, format: &str) -> (&'static s
 }
 
 /// Matmuls that make at least this many tiles of 64 rows × 64 tokens run so (`nt64`), where the format has them:
-/// fewer leave the GPU idle (on the H100, 40 tiles of a 257-row router took 2× the time of `nt8`, and prefills of
-/// 64 and 128 tokens ran 15–20% slower in tiles).
+/// fewer leave the GPU idle (on the H100, the 40 tiles of a 257-row router at 512 tokens took 2× the time of `nt8`).
 const TILED_WORKGROUPS: usize = 256;
 
 /// One workgroup per row, folded into two dimensions.
