@@ -25,6 +25,9 @@ use crate::weights::ExpertWeights;
 /// Spare records kept for reuse (a layer's misses at most, in practice).
 const SPARE_RECORDS: usize = 64;
 
+/// The most bytes one read takes: misses of experts stored one after the other are read together up to this.
+const RUN_BYTES: u64 = 16 << 20;
+
 /// When a streaming backend reads ahead the experts it guesses the next layer will need (`--prefetch`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Prefetch {
@@ -143,6 +146,21 @@ impl AsRef<[u8]> for Record {
 pub trait RecordSource: Send + Sync {
     /// Reads up to `dst.len()` bytes at `offset`; the count read, like `pread`.
     fn read_at(&self, dst: &mut [u8], offset: u64) -> std::io::Result<usize>;
+
+    /// Reads the bytes from `offset` on into `bufs` in turn, like `preadv`; the count read. Here: one
+    /// `read_at` per buffer, up to the first short one.
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], mut offset: u64) -> std::io::Result<usize> {
+        let mut total = 0;
+        for buf in bufs {
+            let n = self.read_at(buf, offset)?;
+            total += n;
+            offset += n as u64;
+            if n < buf.len() {
+                break;
+            }
+        }
+        Ok(total)
+    }
 }
 
 impl RecordSource for File {
@@ -151,6 +169,21 @@ impl RecordSource for File {
         return std::os::unix::fs::FileExt::read_at(self, dst, offset);
         #[cfg(windows)]
         return std::os::windows::fs::FileExt::seek_read(self, dst, offset);
+    }
+
+    /// One `preadv`: a single request to the disk however many records it fills.
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let iov: Vec<libc::iovec> =
+            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        let offset = libc::off_t::try_from(offset).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: each iovec covers one buffer borrowed mutably for the call; `iov` outlives it.
+        let n = unsafe { libc::preadv(self.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, offset) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 }
 
@@ -413,18 +446,37 @@ impl ExpertStore {
             }
         }
         let start = Instant::now();
-        let records: Vec<Arc<Record>> = found
+        // Each hit is a task, and so is each run of misses of experts stored one after the other, read at once
+        // (a batched prefill misses most of a layer: fewer, larger reads get more from a disk than one per record).
+        let mut tasks: Vec<Vec<usize>> = (0..experts.len()).filter(|&i| found[i].is_some()).map(|i| vec![i]).collect();
+        let mut missing: Vec<usize> = (0..experts.len()).filter(|&i| found[i].is_none()).collect();
+        missing.sort_by_key(|&i| experts[i]);
+        let (run_records, hits) = ((RUN_BYTES / self.stride()).max(1) as usize, tasks.len());
+        for i in missing {
+            match tasks[hits..].last_mut() {
+                Some(run) if run.len() < run_records && experts[run[run.len() - 1]] + 1 == experts[i] => run.push(i),
+                _ => tasks.push(vec![i]),
+            }
+        }
+        let done: Vec<Vec<(usize, Arc<Record>)>> = tasks
             .into_par_iter()
-            .enumerate()
-            .map(|(i, hit)| {
-                let record = match hit {
-                    Some(r) => r,
-                    None => Arc::new(self.read(layer, experts[i])?),
+            .map(|task| {
+                let records: Vec<Arc<Record>> = match &found[task[0]] {
+                    Some(hit) => vec![hit.clone()],
+                    None => {
+                        let es: Vec<usize> = task.iter().map(|&i| experts[i]).collect();
+                        self.read_run(layer, &es)?.into_iter().map(Arc::new).collect()
+                    }
                 };
-                sink(i, (*record).as_ref());
-                Ok(record)
+                task.iter().zip(&records).for_each(|(&i, r)| sink(i, (**r).as_ref()));
+                Ok(task.into_iter().zip(records).collect())
             })
             .collect::<Result<_>>()?;
+        let mut records: Vec<Option<Arc<Record>>> = vec![None; experts.len()];
+        for (i, r) in done.into_iter().flatten() {
+            records[i] = Some(r);
+        }
+        let records: Vec<Arc<Record>> = records.into_iter().map(|r| r.expect("every expert found or read")).collect();
         self.counters[layer].read_nanos.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
         let mut ram = self.ram.lock().unwrap();
         let RamCache { cache, records: held, .. } = &mut *ram;
@@ -496,13 +548,37 @@ impl ExpertStore {
         spare.extend(records.into_iter().filter_map(|r| Arc::try_unwrap(r).ok()).take(room));
     }
 
+    /// Experts `es` of `layer` (consecutive ids) from its file with one vectored read, each checked against the
+    /// manifest. Where that read comes up short or fails, each record is read alone, so errors name the expert.
+    fn read_run(&self, layer: usize, es: &[usize]) -> Result<Vec<Record>> {
+        let stride = self.stride() as usize;
+        if es.len() > 1 && es[es.len() - 1] < self.num_experts {
+            let mut records: Vec<Record> = es.iter().map(|_| self.spare_record()).collect();
+            let mut bufs: Vec<&mut [u8]> = records.iter_mut().map(|r| &mut r.pages_mut()[..stride]).collect();
+            let got = self.sources[layer].read_vectored_at(&mut bufs, es[0] as u64 * self.stride());
+            // The last record of a file may end without its padding.
+            if got.is_ok_and(|n| n >= (es.len() - 1) * stride + self.record_bytes) {
+                for (record, &e) in records.iter().zip(es) {
+                    self.check(layer, e, record)?;
+                }
+                return Ok(records);
+            }
+            self.spare.lock().unwrap().extend(records);
+        }
+        es.iter().map(|&e| self.read(layer, e)).collect()
+    }
+
+    fn spare_record(&self) -> Record {
+        self.spare.lock().unwrap().pop().unwrap_or_else(|| Record::new(self.record_bytes))
+    }
+
     /// Expert `e` of `layer` from its file, checked against the manifest.
     fn read(&self, layer: usize, e: usize) -> Result<Record> {
         let what = || format!("expert {e} of layer {layer} ({})", self.files[layer]);
         if e >= self.num_experts {
             bail!("{}: no such expert (the model has {})", what(), self.num_experts);
         }
-        let mut record = self.spare.lock().unwrap().pop().unwrap_or_else(|| Record::new(self.record_bytes));
+        let mut record = self.spare_record();
         // Whole pages: O_DIRECT reads a multiple of the block size (records are padded to their 4 KiB stride).
         let want = self.stride() as usize;
         let bytes = &mut record.pages_mut()[..want];
@@ -519,12 +595,18 @@ impl ExpertStore {
         if done < self.record_bytes {
             bail!("{}: short read ({done} of {} bytes): the file was truncated", what(), self.record_bytes);
         }
-        if xxhash_rust::xxh3::xxh3_64(&bytes[..self.record_bytes]) != self.checksums[layer][e] {
-            bail!("{}: checksum mismatch: the file changed since it was written", what());
+        self.check(layer, e, &record)?;
+        Ok(record)
+    }
+
+    /// Checks a record just read against the manifest's checksum, and counts it.
+    fn check(&self, layer: usize, e: usize, record: &Record) -> Result<()> {
+        if xxhash_rust::xxh3::xxh3_64(record.as_ref()) != self.checksums[layer][e] {
+            bail!("expert {e} of layer {layer} ({}): checksum mismatch: the file changed since it was written", self.files[layer]);
         }
         self.counters[layer].disk_reads.fetch_add(1, Relaxed);
         self.counters[layer].bytes_read.fetch_add(self.record_bytes as u64, Relaxed);
-        Ok(record)
+        Ok(())
     }
 
     fn stride(&self) -> u64 {

@@ -29,7 +29,7 @@ pub struct ExpertSlots {
     /// Bytes between slots (a record rounded up to 256).
     pub stride: u64,
     pools: Vec<SlotPool>,
-    /// Two, used in turn: a prefill reads the next chunk into one while the GPU copies from the other.
+    /// Two, used in turn: a prefill reads the next batch of records into one while the GPU copies from the other.
     staging: [Staging; 2],
     next_staging: std::cell::Cell<usize>,
     /// Per layer, the slot of each (token, j) pair for the expert kernels: kept, so a decode step allocates
@@ -92,7 +92,7 @@ impl ExpertSlots {
                 }
             })
             .collect();
-        // One decode step's misses of a layer at least; a prefill reads its experts in chunks of this size, so
+        // One decode step's misses of a layer at least; a prefill reads its experts in batches of this size, so
         // ~128 MiB keeps the disk's queue deep (16 records ran a 35B prefill at 1.3 GB/s of 2).
         let records = k.max((STAGING_BYTES / stride) as usize).min(routed_per_pool);
         let staging = || {
@@ -171,9 +171,9 @@ impl Gpu {
     ) -> Result<(usize, Vec<u32>)> {
         let pool = slots.pool(layer);
         let mut cache = pool.cache.borrow_mut();
-        let limit = cache.capacity().min(slots.staging[0].records);
+        let limit = cache.capacity();
         let counters = &slots.store.counters[layer];
-        // Tokens from `first` on, while their distinct routed experts fit the slots and the staging buffer.
+        // Tokens from `first` on, while their distinct routed experts fit the slots.
         let mut chosen: Vec<usize> = Vec::new();
         let mut end = first;
         while end < ids.len() {
@@ -210,8 +210,15 @@ impl Gpu {
             slot_of_expert[e] = (pool.reserved + slot) as u32;
         }
         drop(cache);
-        if !misses.is_empty() {
-            self.upload_records(slots, pool, layer, &misses)?;
+        // In the order they are stored, as many as the staging buffer holds at a time: the store reads runs of
+        // neighbours at once, and the GPU copies one batch while the next is read.
+        misses.sort_unstable();
+        let mut batches = misses.chunks(slots.staging[0].records).peekable();
+        while let Some(batch) = batches.next() {
+            self.upload_records(slots, pool, layer, batch)?;
+            if batches.peek().is_some() {
+                self.flush();
+            }
         }
         let mut slot_ids = vec![0u32; ids.len()];
         for pair in first..end {
