@@ -47,10 +47,14 @@ fn variants() -> Vec<(String, &'static str, Value)> {
                 let name = format!("matmul_{f}_nt{nt}{}{}{sg}", if wide { "w" } else { "" }, if split { "_split" } else { "" });
                 v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide }));
             }
-            // The expert kernels per pair (decode), and `_grouped`: 8 pairs of one expert per pass (prefill).
-            for grouped in [false, true] {
-                let g = if grouped { "_grouped" } else { "" };
-                let context = context! { fmt => fmt.clone(), subgroups, grouped };
+            // The expert kernels per pair (decode), `_grouped`: 8 pairs of one expert per pass (prefill), and
+            // `_tiles`: 64 pairs of one expert per tile (long prefills; as the matmul's, for 2, 4 and 8 bits).
+            for (grouped, tiles) in [(false, false), (true, false), (true, true)] {
+                if tiles && !in_tiles {
+                    continue;
+                }
+                let g = if tiles { "_tiles" } else if grouped { "_grouped" } else { "" };
+                let context = context! { fmt => fmt.clone(), subgroups, grouped, tiles };
                 v.push((format!("expert_gate_up_{f}{g}{sg}"), "expert_gate_up.wgsl", context.clone()));
                 v.push((format!("expert_down_{f}{g}{sg}"), "expert_down.wgsl", context));
             }

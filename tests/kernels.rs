@@ -403,6 +403,11 @@ fn moe_routing_experts_and_combine() {
         ("q8g128f32", 300, 4, 33, 256, 128, true),
         ("bf16", 5, 2, 40, 96, 40, true),
         ("q3g32f16", 40, 10, 50, 64, 64, false),
+        // Where the experts average ≥ 32 pairs, 2-, 4- and 8-bit formats run in tiles of 64 pairs (chunks cut
+        // short and left partly empty, down's rows not a multiple of the tile's 64).
+        ("q4g64bf16", 4, 2, 150, 128, 192, true),
+        ("q2g128f32", 3, 1, 200, 128, 128, false),
+        ("q8g32f16", 6, 3, 70, 96, 96, true),
     ];
     for ((format, experts, k, t, h, inter, renormalize), subgroups) in cases.into_iter().zip([true, false].into_iter().cycle()) {
         b.gpu.set_subgroups(subgroups);
@@ -451,6 +456,7 @@ fn sparse_moe_block_with_a_shared_expert() {
         ("bf16", "bf16", 8, 2, 5, 64, 48, 40),
         ("q2g32bf16", "q8g32bf16", 9, 3, 1, 64, 64, 64),
         ("q4g64bf16", "q8g64bf16", 16, 4, 35, 128, 64, 64),
+        ("q4g64bf16", "q8g64bf16", 4, 2, 100, 128, 64, 64),
     ];
     for (format, router_format, experts, k, t, h, inter, shared_inter) in cases {
         let mut mlp = |i: usize| ExpertWeights { gate: b.matrix(i, h, format), up: b.matrix(i, h, format), down: b.matrix(h, i, format) };

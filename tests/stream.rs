@@ -51,7 +51,11 @@ fn run<B: Backend>(model: &Model<B>, tokens: &[u32]) -> Vec<f32> {
 
 /// A prompt long enough that its prefill routes to every expert (more than the smallest caches hold).
 fn prompt(model: &Model) -> Vec<u32> {
-    (0..24).map(|i| (i * 37 + 5) % model.config.vocab_size as u32).collect()
+    prompt_of(model, 24)
+}
+
+fn prompt_of<B: Backend>(model: &Model<B>, len: u32) -> Vec<u32> {
+    (0..len).map(|i| (i * 37 + 5) % model.config.vocab_size as u32).collect()
 }
 
 fn record_bytes(dir: &Path) -> u64 {
@@ -130,6 +134,18 @@ fn streamed_logits_equal_resident_logits_bit_for_bit_on_the_gpu() {
                 let stats = model.store.as_ref().unwrap().stats();
                 assert!(stats.disk_reads <= every, "{name}: with every expert in GPU slots, each is read once ({stats:?})");
             }
+        }
+        // A prefill long enough for the grouped expert kernels (≥ 32 tokens), in chunks of tokens when few slots
+        // hold its experts. (Tiles need every expert matrix in a 2-, 4- or 8-bit format, and these fixtures keep
+        // down dense; like a grouped chunk's, each output of a tile is computed alone, whatever the chunking.)
+        let long = prompt_of(&resident, 70);
+        let expected = run(&resident, &long);
+        for slots in [k + 1, every] {
+            let host = streamed(&dir, 4 * k * record, slots * slot, CachePolicy::Lfu, true);
+            let gpu = gpu().unwrap();
+            gpu.set_expert_memory(slots * slot, CachePolicy::Lfu);
+            let got = run(&host.to_backend(gpu).unwrap(), &long);
+            assert!(got == expected, "{name}: a long prefill streamed through {slots} GPU slots differs");
         }
         let host = streamed(&dir, 0, 0, CachePolicy::Lru, false);
         let gpu = gpu().unwrap();

@@ -1,9 +1,12 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk, tile_declarations, tile_matmul %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
 // each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
 // share its x loads; 16 lanes per row group, as the intermediate size (its columns) is small: 512 columns are 16
 // units of 32. Grid: (ceil(rows / 32), pairs).
-{% if grouped %}
+{% if tiles %}
+// Tiles (long prefills): each workgroup runs one chunk of up to 64 pairs of one expert (group_pairs.wgsl) over 64
+// rows (tile_matmul in matvec.wgsl). Grid: (ceil(rows / 64), chunks).
+{% elif grouped %}
 // Grouped (prefill): each workgroup runs one chunk of up to 8 pairs of one expert (group_pairs.wgsl); each
 // thread unpacks 2 rows once for 8 tokens. Grid: (ceil(rows / (GROUPS · 2)), chunks).
 {% endif %}
@@ -30,13 +33,52 @@ var<workgroup> chunk_shared: vec2<u32>;
 {% endif %}
 
 {% include "weights.wgsl" %}
+const WB: u32 = {{ fmt.wbytes }}u;
+const SB: u32 = {{ fmt.sbytes }}u;
+{% if tiles %}
+{{ tile_declarations(fmt) }}
+var<private> tile_row0: u32;
+var<private> tile_record: u32;
+var<private> tile_chunk: vec2<u32>;
+
+fn tile_row(r: u32) -> vec3<u32> {
+    let row = min(tile_row0 + r, p.rows - 1u);
+    let groups = row * (p.cols / GROUP);
+    return vec3<u32>(
+        (tile_record + p.down_w) / WB + row * (p.cols / 32u * BITS),
+        (tile_record + p.down_s) / SB + groups,
+        (tile_record + p.down_b) / SB + groups,
+    );
+}
+
+// Tile token t is the chunk's pair t (the last one past its count), whose input is its own row of x.
+fn tile_x(t: u32) -> u32 {
+    return order[tile_chunk.x + min(t, tile_chunk.y - 1u)] * p.cols / 4u;
+}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+{{ grouped_chunk(0) }}
+    tile_chunk = chunk;
+    tile_record = ids[order[chunk.x]] * p.stride;
+    tile_row0 = wid.x * 64u;
+{{ tile_matmul(fmt) }}
+{% for j in range(4) %}
+    if (lid.x * 4u + {{ j }}u < chunk.y) {
+        let pair = order[chunk.x + lid.x * 4u + {{ j }}u];
+{% for i in range(4) %}
+        if (tile_row0 + lid.y * 4u + {{ i }}u < p.rows) {
+            y[pair * p.rows + tile_row0 + lid.y * 4u + {{ i }}u] = acc{{ i }}_{{ j }};
+        }
+{% endfor %}
+    }
+{% endfor %}
+}
+{% else %}
 {{ declarations(16 if grouped else 4, 16, 8) }}
 {# Per pair (decode, short prefill chunks) of an affine format: x from a tile in workgroup memory (matvec.wgsl). #}
 {% set tiled = not grouped and fmt.kind == "affine" %}
 {% if tiled %}{{ x_tile() }}{% endif %}
-
-const WB: u32 = {{ fmt.wbytes }}u;
-const SB: u32 = {{ fmt.sbytes }}u;
 
 @compute @workgroup_size(16, 8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
@@ -79,3 +121,4 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
 {% endif %}
 }
+{% endif %}

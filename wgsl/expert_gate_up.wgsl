@@ -1,10 +1,14 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk, tile_declarations, tile_matmul %}
 // The first half of every routed expert of a layer in one dispatch: for each (token, slot k) pair, the expert id
 // comes from `ids` (written by the router on the GPU: no CPU round trip) and
 //   act[pair, r] = silu(gate_e[r] · x[token]) · (up_e[r] · x[token]).
 // Experts are fixed-stride records in `w` (the floe format's layout); gate and up are of format {{ fmt.name }}.
 // Each thread sums 2 rows of gate and of up. Grid: (ceil(rows / (GROUPS · 2)), pairs).
-{% if grouped %}
+{% if tiles %}
+// Tiles (long prefills): each workgroup runs one chunk of up to 64 pairs of one expert (group_pairs.wgsl) over 32
+// rows of gate and the same 32 of up, a tile of 64 weight rows × 64 tokens (tile_matmul in matvec.wgsl).
+// Grid: (ceil(rows / 32), chunks).
+{% elif grouped %}
 // Grouped (prefill): each workgroup runs one chunk of up to 8 pairs of one expert (group_pairs.wgsl), so each
 // thread unpacks a row of gate and of up once for 8 tokens. Grid: (ceil(rows / GROUPS), chunks).
 {% endif %}
@@ -36,14 +40,62 @@ var<workgroup> chunk_shared: vec2<u32>;
 {% endif %}
 
 {% include "weights.wgsl" %}
+const WB: u32 = {{ fmt.wbytes }}u;
+const SB: u32 = {{ fmt.sbytes }}u;
+{% if tiles %}
+{{ tile_declarations(fmt) }}
+var<private> tile_row0: u32;
+var<private> tile_record: u32;
+var<private> tile_chunk: vec2<u32>;
+
+// Tile row r is row tile_row0 + 2·(r / 4) + r % 2 of gate (r / 2 even) or of up (odd): each thread's 4 rows are 2
+// rows of gate and the same 2 of up, so it applies the SwiGLU itself.
+fn tile_row(r: u32) -> vec3<u32> {
+    let row = min(tile_row0 + (r / 4u) * 2u + r % 2u, p.rows - 1u);
+    let up = (r / 2u) % 2u == 1u;
+    let groups = row * (p.cols / GROUP);
+    return vec3<u32>(
+        (tile_record + select(p.gate_w, p.up_w, up)) / WB + row * (p.cols / 32u * BITS),
+        (tile_record + select(p.gate_s, p.up_s, up)) / SB + groups,
+        (tile_record + select(p.gate_b, p.up_b, up)) / SB + groups,
+    );
+}
+
+// Tile token t is the chunk's pair t (the last one past its count): x's row of that pair's token.
+fn tile_x(t: u32) -> u32 {
+    return order[tile_chunk.x + min(t, tile_chunk.y - 1u)] / p.k * p.cols / 4u;
+}
+{% else %}
 {{ declarations(16 if grouped else 4) }}
 {# Per pair (decode, short prefill chunks) of an affine format: x from a tile in workgroup memory (matvec.wgsl). #}
 {% set tiled = not grouped and fmt.kind == "affine" %}
 {% if tiled %}{{ x_tile() }}{% endif %}
+{% endif %}
 
-const WB: u32 = {{ fmt.wbytes }}u;
-const SB: u32 = {{ fmt.sbytes }}u;
-
+{% if tiles %}
+@compute @workgroup_size(16, 16)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+{{ grouped_chunk(0) }}
+    tile_chunk = chunk;
+    tile_record = ids[order[chunk.x]] * p.stride;
+    tile_row0 = wid.x * 32u;
+{{ tile_matmul(fmt) }}
+{% for j in range(4) %}
+    if (lid.x * 4u + {{ j }}u < chunk.y) {
+        let pair = order[chunk.x + lid.x * 4u + {{ j }}u];
+{% for i in range(2) %}
+        {
+            let row = tile_row0 + lid.y * 2u + {{ i }}u;
+            let g = acc{{ i }}_{{ j }};
+            if (row < p.rows) {
+                act[pair * p.rows + row] = g / (1.0 + exp(-g)) * acc{{ i + 2 }}_{{ j }};
+            }
+        }
+{% endfor %}
+    }
+{% endfor %}
+}
+{% else %}
 @compute @workgroup_size(16, 8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
 {% if grouped %}
@@ -91,3 +143,4 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
 {% endif %}
 }
+{% endif %}

@@ -1,14 +1,16 @@
 // Orders the (token, slot) pairs first .. first + n of a layer by expert, for the grouped expert kernels
-// (expert_gate_up and expert_down with `grouped`): `order` lists the pairs expert by expert, and chunks[c] =
-// (start in `order`, count ≤ 8) covers 8 of one expert's pairs; chunks past the last are (0, 0). Which of an
-// expert's pairs share a chunk varies from run to run, but every pair's result is computed alone, so outputs do
-// not. `work` is scratch for 2 · experts values (expert ids are < experts). Grid: one workgroup.
+// (expert_gate_up and expert_down with `grouped` or `tiles`): `order` lists the pairs expert by expert, and
+// chunks[c] = (start in `order`, count ≤ size) covers `size` of one expert's pairs; chunks past the last are
+// (0, 0). Which of an expert's pairs share a chunk varies from run to run, but every pair's result is computed
+// alone, so outputs do not. `work` is scratch for 2 · experts values (expert ids are < experts). Grid: one
+// workgroup.
 
 struct Params {
     n: u32,
     first: u32,
     experts: u32,
     max_chunks: u32,
+    size: u32,
 }
 var<immediate> p: Params;
 
@@ -42,7 +44,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     var own = vec2<u32>(0u);
     for (var e = e0; e < e1; e++) {
         let c = atomicLoad(&work[e]);
-        own += vec2<u32>(c, (c + 7u) / 8u);
+        own += vec2<u32>(c, (c + p.size - 1u) / p.size);
     }
     sums[lid] = own;
     workgroupBarrier();
@@ -57,10 +59,10 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     for (var e = e0; e < e1; e++) {
         let c = atomicLoad(&work[e]);
         atomicStore(&work[p.experts + e], at.x);
-        for (var j = 0u; j * 8u < c; j++) {
-            chunks[at.y + j] = vec2<u32>(at.x + j * 8u, min(8u, c - j * 8u));
+        for (var j = 0u; j * p.size < c; j++) {
+            chunks[at.y + j] = vec2<u32>(at.x + j * p.size, min(p.size, c - j * p.size));
         }
-        at += vec2<u32>(c, (c + 7u) / 8u);
+        at += vec2<u32>(c, (c + p.size - 1u) / p.size);
         atomicStore(&work[e], 0u);
     }
     for (var c = total + lid; c < p.max_chunks; c += THREADS) {

@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, tile_declarations, tile_matmul %}
 {# Decode: 4 rows per thread share each x load, 32 lanes per row group (32 rows per workgroup for affine formats,
    which read x from a tile in workgroup memory: the tile's fill is shared by more rows, and 16 per workgroup
    measured slower, 64 slower on 4,096 rows; 16 for dense ones); `wide` (decode of
@@ -73,95 +73,34 @@ var<immediate> p: Params;
 {% endmacro %}
 
 {% if nt == 64 %}
-{#- Tiled (prefills whose matmul makes enough tiles to fill the GPU, see ops.rs; 2/4/8-bit affine formats): a
-    workgroup of 16 × 16 threads computes a tile of 64 rows × 64 tokens, each thread 4 rows × 4 tokens. Per unit of 32 columns, the workgroup dequantizes the 64
-    rows' weights and copies the 64 tokens' x into workgroup memory (column-major, so a thread reads 4 rows or 4
-    tokens as one vec4), then each thread does 16 FMAs per 2 loads from there: each weight is unpacked once per
-    64 tokens instead of once per 8 (nt8). -#}
-const VALS: u32 = {{ 32 // fmt.bits }}u;
-// Column k of the unit: ws[k · 16 + r / 4][r % 4] = w[row0 + r, u · 32 + k], xs[k · 16 + t / 4][t % 4] = x[tok0 + t, …].
-var<workgroup> ws: array<vec4<f32>, 512>;
-var<workgroup> xs: array<vec4<f32>, 512>;
+{#- Tiled (prefills whose matmul makes enough tiles to fill the GPU, see ops.rs; 2/4/8-bit affine formats):
+    tile_matmul (matvec.wgsl) computes 64 rows × 64 tokens per workgroup. -#}
+{{ tile_declarations(fmt) }}
+var<private> tile_row0: u32;
+var<private> tile_tok0: u32;
+
+// Where tile row r's weight words, scales and biases start.
+fn tile_row(r: u32) -> vec3<u32> {
+    let row = min(tile_row0 + r, p.rows - 1u);
+    let groups = row * (p.cols / GROUP);
+    return vec3<u32>(p.w + row * (p.cols / 32u * BITS), p.s + groups, p.b + groups);
+}
+
+// Where tile token t's x starts (in vec4s).
+fn tile_x(t: u32) -> u32 {
+    return min(tile_tok0 + t, p.t - 1u) * p.cols / 4u;
+}
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let id = lid.y * 16u + lid.x;
-    let row0 = wid.x * 64u;
-    let tok0 = wid.y * 64u;
-    let words = p.cols / 32u * BITS;
-{% for i in range(4) %}
-{% for j in range(4) %}
-    var acc{{ i }}_{{ j }} = 0.0;
-{% endfor %}
-{% endfor %}
-    // This thread's share of a unit, loaded a unit ahead (in flight while the FMAs of the unit before run): weight
-    // words `wi{n} / 64` of rows `wi{n} % 64` (consecutive threads on consecutive rows) with their group's scale and
-    // bias, and x vec4s `id % 8` of tokens `id / 8` and 32 + `id / 8`.
-{% set wl = (64 * fmt.bits + 255) // 256 %}
-{% for n in range(wl) %}
-    let wi{{ n }} = id + {{ n * 256 }}u;
-    let wr{{ n }} = min(row0 + wi{{ n }} % 64u, p.rows - 1u);
-    var wv{{ n }} = 0u;
-    var wsc{{ n }} = 0.0;
-    var wbi{{ n }} = 0.0;
-{% endfor %}
-    var xv0 = vec4<f32>();
-    var xv1 = vec4<f32>();
-{% macro load_unit(u) %}
-{% for n in range(wl) %}
-        if (wi{{ n }} < 64u * BITS) {
-            let g = wr{{ n }} * (p.cols / GROUP) + ({{ u }}) * 32u / GROUP;
-            wv{{ n }} = w[p.w + wr{{ n }} * words + ({{ u }}) * BITS + wi{{ n }} / 64u];
-            wsc{{ n }} = {{ fmt.sdtype }}_at(p.s + g);
-            wbi{{ n }} = {{ fmt.sdtype }}_at(p.b + g);
-        }
-{% endfor %}
-{% for n in range(2) %}
-        xv{{ n }} = x[(min(tok0 + id / 8u + {{ n * 32 }}u, p.t - 1u) * p.cols + ({{ u }}) * 32u) / 4u + id % 8u];
-{% endfor %}
-{% endmacro %}
-{{ load_unit("0u") }}
-    let units = p.cols / 32u;
-    for (var u = 0u; u < units; u++) {
-        workgroupBarrier();
-{% for n in range(wl) %}
-        if (wi{{ n }} < 64u * BITS) {
-            let r = wi{{ n }} % 64u;
-            let word = wi{{ n }} / 64u;
-            for (var j = 0u; j < VALS; j++) {
-                ws[(word * VALS + j) * 16u + r / 4u][r % 4u] = wsc{{ n }} * f32((wv{{ n }} >> (j * BITS)) & MASK) + wbi{{ n }};
-            }
-        }
-{% endfor %}
-{% for n in range(2) %}
-        {
-            let t = id / 8u + {{ n * 32 }}u;
-            let q = id % 8u;
-            xs[(q * 4u) * 16u + t / 4u][t % 4u] = xv{{ n }}.x;
-            xs[(q * 4u + 1u) * 16u + t / 4u][t % 4u] = xv{{ n }}.y;
-            xs[(q * 4u + 2u) * 16u + t / 4u][t % 4u] = xv{{ n }}.z;
-            xs[(q * 4u + 3u) * 16u + t / 4u][t % 4u] = xv{{ n }}.w;
-        }
-{% endfor %}
-        workgroupBarrier();
-{{ load_unit("min(u + 1u, units - 1u)") }}
-{% for k in range(32) %}
-        {
-            let wv = ws[{{ k * 16 }}u + lid.y];
-            let xv = xs[{{ k * 16 }}u + lid.x];
-{% for i in range(4) %}
-{% for j in range(4) %}
-            acc{{ i }}_{{ j }} = fma(wv[{{ i }}], xv[{{ j }}], acc{{ i }}_{{ j }});
-{% endfor %}
-{% endfor %}
-        }
-{% endfor %}
-    }
+    tile_row0 = wid.x * 64u;
+    tile_tok0 = wid.y * 64u;
+{{ tile_matmul(fmt) }}
 {% for i in range(4) %}
 {% for j in range(4) %}
     {
-        let row = row0 + lid.y * 4u + {{ i }}u;
-        let tok = tok0 + lid.x * 4u + {{ j }}u;
+        let row = tile_row0 + lid.y * 4u + {{ i }}u;
+        let tok = tile_tok0 + lid.x * 4u + {{ j }}u;
         if (row < p.rows && tok < p.t) {
 {{ store("row", "tok", "acc" ~ i ~ "_" ~ j) }}
         }

@@ -230,8 +230,8 @@ var<workgroup> xt: array<vec4<f32>, 512>;
 {% macro subgroup_param() %}{% if subgroups %}, @builtin(subgroup_size) sg_size: u32{% endif %}{% endmacro %}
 
 {# The grouped expert kernels' start: this workgroup's chunk (the same for all its threads, so an empty one may
-   return before the barriers) and its pairs pair0..pair7 (the last one repeated past the chunk's count). #}
-{% macro grouped_chunk() %}
+   return before the barriers) and its first `pairs` pairs pair0.. (the last one repeated past the chunk's count). #}
+{% macro grouped_chunk(pairs=8) %}
     if (lid.x == 0u && lid.y == 0u) {
         chunk_shared = chunks[wid.y];
     }
@@ -239,7 +239,97 @@ var<workgroup> xt: array<vec4<f32>, 512>;
     if (chunk.y == 0u) {
         return;
     }
-{% for n in range(8) %}
+{% for n in range(pairs) %}
     let pair{{ n }} = order[chunk.x + min({{ n }}u, chunk.y - 1u)];
 {% endfor %}
+{% endmacro %}
+
+{# Tiles (prefill, 2/4/8-bit affine formats): a workgroup of 16 × 16 threads computes a tile of 64 rows × 64
+   tokens, each thread 4 rows (tile rows 4·lid.y ..) × 4 tokens (4·lid.x ..) into acc{i}_{j}. Per unit of 32
+   columns, the workgroup dequantizes the 64 rows' weights and copies the 64 tokens' x into workgroup memory
+   (column-major, so a thread reads 4 rows or 4 tokens as one vec4), then each thread does 16 FMAs per 2 loads from
+   there: each weight is unpacked once per 64 tokens. The includer says where rows and tokens are: WGSL functions
+   `tile_row(r) -> vec3<u32>` (the index of tile row r's first weight word, scale and bias; r < 64) and `tile_x(t)`
+   (the index of tile token t's first x vec4; t < 64), each returning something in range for any r and t. #}
+{% macro tile_declarations(fmt) %}
+const VALS: u32 = {{ 32 // fmt.bits }}u;
+// Column k of the unit: ws[k · 16 + r / 4][r % 4] = weight of tile row r, xs[k · 16 + t / 4][t % 4] = x of tile token t.
+var<workgroup> ws: array<vec4<f32>, 512>;
+var<workgroup> xs: array<vec4<f32>, 512>;
+{% endmacro %}
+
+{# Issues the loads of unit `u` (tile_matmul). #}
+{% macro tile_load_unit(fmt, wl, u) %}
+{% for n in range(wl) %}
+        if (wi{{ n }} < 64u * BITS) {
+            let g = ({{ u }}) * 32u / GROUP;
+            wv{{ n }} = w[wrow{{ n }}.x + ({{ u }}) * BITS + wi{{ n }} / 64u];
+            wsc{{ n }} = {{ fmt.sdtype }}_at(wrow{{ n }}.y + g);
+            wbi{{ n }} = {{ fmt.sdtype }}_at(wrow{{ n }}.z + g);
+        }
+{% endfor %}
+{% for n in range(2) %}
+        xv{{ n }} = x[xrow{{ n }} + ({{ u }}) * 8u + id % 8u];
+{% endfor %}
+{% endmacro %}
+
+{% macro tile_matmul(fmt) %}
+    let id = lid.y * 16u + lid.x;
+{% for i in range(4) %}
+{% for j in range(4) %}
+    var acc{{ i }}_{{ j }} = 0.0;
+{% endfor %}
+{% endfor %}
+    // This thread's share of a unit, loaded a unit ahead (in flight while the FMAs of the unit before run): weight
+    // words `wi{n} / 64` of tile rows `wi{n} % 64` (consecutive threads on consecutive rows) with their group's
+    // scale and bias, and x vec4s `id % 8` of tile tokens `id / 8` and 32 + `id / 8`.
+{% set wl = (64 * fmt.bits + 255) // 256 %}
+{% for n in range(wl) %}
+    let wi{{ n }} = id + {{ n * 256 }}u;
+    let wrow{{ n }} = tile_row(wi{{ n }} % 64u);
+    var wv{{ n }} = 0u;
+    var wsc{{ n }} = 0.0;
+    var wbi{{ n }} = 0.0;
+{% endfor %}
+    let xrow0 = tile_x(id / 8u);
+    let xrow1 = tile_x(id / 8u + 32u);
+    var xv0 = vec4<f32>();
+    var xv1 = vec4<f32>();
+{{ tile_load_unit(fmt, wl, "0u") }}
+    let units = p.cols / 32u;
+    for (var u = 0u; u < units; u++) {
+        workgroupBarrier();
+{% for n in range(wl) %}
+        if (wi{{ n }} < 64u * BITS) {
+            let r = wi{{ n }} % 64u;
+            let word = wi{{ n }} / 64u;
+            for (var j = 0u; j < VALS; j++) {
+                ws[(word * VALS + j) * 16u + r / 4u][r % 4u] = wsc{{ n }} * f32((wv{{ n }} >> (j * BITS)) & MASK) + wbi{{ n }};
+            }
+        }
+{% endfor %}
+{% for n in range(2) %}
+        {
+            let t = id / 8u + {{ n * 32 }}u;
+            let q = id % 8u;
+            xs[(q * 4u) * 16u + t / 4u][t % 4u] = xv{{ n }}.x;
+            xs[(q * 4u + 1u) * 16u + t / 4u][t % 4u] = xv{{ n }}.y;
+            xs[(q * 4u + 2u) * 16u + t / 4u][t % 4u] = xv{{ n }}.z;
+            xs[(q * 4u + 3u) * 16u + t / 4u][t % 4u] = xv{{ n }}.w;
+        }
+{% endfor %}
+        workgroupBarrier();
+{{ tile_load_unit(fmt, wl, "min(u + 1u, units - 1u)") }}
+{% for k in range(32) %}
+        {
+            let wv = ws[{{ k * 16 }}u + lid.y];
+            let xv = xs[{{ k * 16 }}u + lid.x];
+{% for i in range(4) %}
+{% for j in range(4) %}
+            acc{{ i }}_{{ j }} = fma(wv[{{ i }}], xv[{{ j }}], acc{{ i }}_{{ j }});
+{% endfor %}
+{% endfor %}
+        }
+{% endfor %}
+    }
 {% endmacro %}

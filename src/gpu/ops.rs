@@ -140,11 +140,10 @@ impl Gpu {
         Ok(copy)
     }
 
-    /// The two expert kernels for (token, j) pairs `pairs`, reading record `ids[pair]` of `e.buf` for each.
-    /// `grouped` (prefills, `GROUPED_FROM`): the pairs are first grouped by expert on the GPU and each expert's
-    /// rows run for 8 of its pairs at a time, one pass over its weights per 8 tokens instead of per token.
+    /// The two expert kernels for (token, j) pairs `pairs`, reading record `ids[pair]` of `e.buf` for each, in
+    /// `layout` (see [`ExpertLayout`]).
     #[allow(clippy::too_many_arguments)]
-    fn expert_kernels(&self, x: &Act, ids: &Buf, k: usize, e: &GpuExperts, pairs: std::ops::Range<usize>, grouped: bool, act: &Act, out: &Act) {
+    fn expert_kernels(&self, x: &Act, ids: &Buf, k: usize, e: &GpuExperts, pairs: std::ops::Range<usize>, layout: ExpertLayout, act: &Act, out: &Act) {
         let (h, i) = (e.hidden, e.intermediate);
         let (first, n) = (pairs.start as u32, pairs.len() as u32);
         let [gw, gs, gb] = e.gate;
@@ -152,23 +151,29 @@ impl Gpu {
         let [dw, ds, db] = e.down;
         let gate_up = [i as u32, h as u32, k as u32, e.stride, gw, gs, gb, uw, us, ub, first];
         let down = [h as u32, i as u32, e.stride, dw, ds, db, first];
-        if !grouped {
+        if layout == ExpertLayout::PerPair {
             let kernel = self.matrix_kernel(&format!("expert_gate_up_{}", e.gate_up_format));
             self.dispatch(kernel, &[&e.buf, &x.buf, ids, &act.buf], &gate_up, (i.div_ceil(16) as u32, n, 1));
             let kernel = self.matrix_kernel(&format!("expert_down_{}", e.down_format));
             self.dispatch(kernel, &[&e.buf, &act.buf, ids, &out.buf], &down, (h.div_ceil(32) as u32, n, 1));
             return;
         }
-        let (records, chunks) = group_chunks(e, pairs.len());
+        let size = layout.chunk_pairs();
+        let (records, chunks) = group_chunks(e, pairs.len(), size);
         let (order, chunk_table, work) = (self.scratch(pairs.len()), self.scratch(2 * chunks), self.scratch(2 * records));
-        let params = [n, first, records as u32, chunks as u32];
+        let params = [n, first, records as u32, chunks as u32, size as u32];
         self.dispatch("group_pairs", &[ids, &order, &chunk_table, &work], &params, (1, 1, 1));
-        let kernel = self.matrix_kernel(&format!("expert_gate_up_{}_grouped", e.gate_up_format));
+        // Rows per workgroup: 8 of gate and up and 16 of down grouped; 32 of gate and up and 64 of down in tiles.
+        let (suffix, gate_up_rows, down_rows) = match layout {
+            ExpertLayout::Tiles => ("tiles", 32, 64),
+            _ => ("grouped", 8, 16),
+        };
+        let kernel = self.matrix_kernel(&format!("expert_gate_up_{}_{suffix}", e.gate_up_format));
         let buffers = [&*e.buf, &x.buf, ids, &act.buf, &order, &chunk_table];
-        self.dispatch(kernel, &buffers, &gate_up, (i.div_ceil(8) as u32, chunks as u32, 1));
-        let kernel = self.matrix_kernel(&format!("expert_down_{}_grouped", e.down_format));
+        self.dispatch(kernel, &buffers, &gate_up, (i.div_ceil(gate_up_rows) as u32, chunks as u32, 1));
+        let kernel = self.matrix_kernel(&format!("expert_down_{}_{suffix}", e.down_format));
         let buffers = [&*e.buf, &act.buf, ids, &out.buf, &order, &chunk_table];
-        self.dispatch(kernel, &buffers, &down, (h.div_ceil(16) as u32, chunks as u32, 1));
+        self.dispatch(kernel, &buffers, &down, (h.div_ceil(down_rows) as u32, chunks as u32, 1));
     }
 
     /// Element-wise `op` over `n` values; `copy` reads from element `src` on and writes from `dst` on.
@@ -411,13 +416,16 @@ impl Backend for Gpu {
         let pairs = r.tokens * r.k;
         ensure!(pairs <= 65535, "at most 65535 (token, expert) pairs per forward call on the GPU");
         // Decided per call, not per streamed chunk, so that streamed and resident runs compute alike.
-        let grouped = r.tokens >= GROUPED_FROM;
-        ensure!(!grouped || group_chunks(e, pairs).1 <= 65535, "too many (token, expert) pairs per forward call on the GPU");
+        let layout = ExpertLayout::of(e, r.tokens, pairs);
+        ensure!(
+            layout == ExpertLayout::PerPair || group_chunks(e, pairs, layout.chunk_pairs()).1 <= 65535,
+            "too many (token, expert) pairs per forward call on the GPU"
+        );
         let (h, i) = (e.hidden, e.intermediate);
         let act = self.empty(pairs * i);
         let out = self.empty(pairs * h);
         let Some((slots, layer)) = &e.stream else {
-            self.expert_kernels(x, &r.ids, r.k, e, 0..pairs, grouped, &act, &out);
+            self.expert_kernels(x, &r.ids, r.k, e, 0..pairs, layout, &act, &out);
             return Ok(out);
         };
         // Streamed: the router's choices come back to the CPU, which makes them resident and runs the kernels on
@@ -442,7 +450,7 @@ impl Backend for Gpu {
         while first < pairs {
             let (covered, slot_ids) = self.stage_experts(slots, *layer, &ids, r.k, e.routed, first)?;
             let slot_ids = slots.slot_ids(self, *layer, &slot_ids)?;
-            self.expert_kernels(x, &slot_ids, r.k, e, first..first + covered, grouped, &act, &out);
+            self.expert_kernels(x, &slot_ids, r.k, e, first..first + covered, layout, &act, &out);
             first += covered;
             // The GPU copies and computes this chunk while the next one is read, or while the CPU records what
             // follows (with every expert in GPU slots, the wait for the next layer's routing fell 17%).
@@ -558,7 +566,7 @@ impl WeightsFrom for Gpu {
                     let rest = n.strip_prefix(stem.as_str());
                     // Matmuls per layout, each also as a split (`…_nt1_split`).
                     let matmul = |r: &str| ["_nt1", "_nt1w", "_nt8", "_nt64"].iter().any(|l| r == format!("{l}{sg}"));
-                    let expert = |r: &str| r.is_empty() || r == sg || r == format!("_grouped{sg}");
+                    let expert = |r: &str| r.is_empty() || r == sg || r == format!("_grouped{sg}") || r == format!("_tiles{sg}");
                     rest.is_some_and(|r| expert(r) || matmul(&r.replacen("_split", "", 1)))
                 });
                 fixed || of_weights
@@ -570,14 +578,50 @@ impl WeightsFrom for Gpu {
     }
 }
 
-/// Forward calls of at least this many tokens run the grouped expert kernels (8 pairs of an expert per pass).
+/// How a forward call runs its expert kernels. Decided per call, not per streamed chunk, so that streamed and
+/// resident runs compute alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExpertLayout {
+    /// Each (token, expert) pair alone (decode, short prompts).
+    PerPair,
+    /// Pairs grouped by expert on the GPU, each expert's rows run for 8 of its pairs at a time: one pass over its
+    /// weights per 8 tokens instead of per token.
+    Grouped,
+    /// Grouped, 64 pairs of an expert per tile (tile_matmul in matvec.wgsl), where the experts average enough pairs.
+    Tiles,
+}
+
+impl ExpertLayout {
+    fn of(e: &GpuExperts, tokens: usize, pairs: usize) -> ExpertLayout {
+        let experts = e.routed + e.shared as usize;
+        let tiled = |format: &str| [format!("expert_gate_up_{format}_tiles"), format!("expert_down_{format}_tiles")];
+        let has_tiles = tiled(&e.gate_up_format).iter().chain(&tiled(&e.down_format)).all(|k| kernels::find(k).is_some());
+        match tokens {
+            t if t < GROUPED_FROM => ExpertLayout::PerPair,
+            _ if has_tiles && pairs >= TILES_FROM_PAIRS_PER_EXPERT * experts => ExpertLayout::Tiles,
+            _ => ExpertLayout::Grouped,
+        }
+    }
+
+    /// Pairs of one expert per chunk (group_pairs.wgsl).
+    fn chunk_pairs(self) -> usize {
+        if self == ExpertLayout::Tiles { 64 } else { 8 }
+    }
+}
+
+/// Forward calls of at least this many tokens run the grouped expert kernels.
 const GROUPED_FROM: usize = 32;
 
+/// ... and the tiled ones where the experts average at least this many pairs: a tile computes 64 pairs however
+/// few it holds, and on the H100 tiles were 12% slower than grouped at 18 pairs per expert (a 512-token prefill of
+/// 35B-A3B) and 16% faster at 36 (1,024 tokens; docs/PERF.md, "Prefill").
+const TILES_FROM_PAIRS_PER_EXPERT: usize = 32;
+
 /// For `pairs` pairs over the records of `e.buf` (experts, or slots when streamed; pairs name them by number):
-/// the record count and the most chunks of up to 8 pairs of one record they can make.
-fn group_chunks(e: &GpuExperts, pairs: usize) -> (usize, usize) {
+/// the record count and the most chunks of up to `size` pairs of one record they can make.
+fn group_chunks(e: &GpuExperts, pairs: usize, size: usize) -> (usize, usize) {
     let records = (e.buf.buffer.size() / e.stride as u64) as usize;
-    (records, pairs.div_ceil(8) + records.min(pairs))
+    (records, pairs.div_ceil(size) + records.min(pairs))
 }
 
 /// The kernel spelling of a matrix's format, and the byte size of its packed-weight and scale units.
