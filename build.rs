@@ -48,12 +48,13 @@ fn variants() -> Vec<(String, &'static str, Value)> {
                 v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide }));
             }
             // The expert kernels per pair (decode), `_grouped`: 8 pairs of one expert per pass (prefill), and
-            // `_tiles`: 64 pairs of one expert per tile (long prefills; as the matmul's, for 2, 4 and 8 bits).
-            for (grouped, tiles) in [(false, false), (true, false), (true, true)] {
-                if tiles && !in_tiles {
+            // `_tiles64` / `_tiles32`: 64 or 32 pairs of one expert per tile (long prefills; as the matmul's, for
+            // 2, 4 and 8 bits).
+            for (grouped, tiles) in [(false, 0), (true, 0), (true, 64), (true, 32)] {
+                if tiles > 0 && !in_tiles {
                     continue;
                 }
-                let g = if tiles { "_tiles" } else if grouped { "_grouped" } else { "" };
+                let g = if tiles > 0 { format!("_tiles{tiles}") } else if grouped { "_grouped".into() } else { String::new() };
                 let context = context! { fmt => fmt.clone(), subgroups, grouped, tiles };
                 v.push((format!("expert_gate_up_{f}{g}{sg}"), "expert_gate_up.wgsl", context.clone()));
                 v.push((format!("expert_down_{f}{g}{sg}"), "expert_down.wgsl", context));

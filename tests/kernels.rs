@@ -403,11 +403,13 @@ fn moe_routing_experts_and_combine() {
         ("q8g128f32", 300, 4, 33, 256, 128, true),
         ("bf16", 5, 2, 40, 96, 40, true),
         ("q3g32f16", 40, 10, 50, 64, 64, false),
-        // Where the experts average ≥ 32 pairs, 2-, 4- and 8-bit formats run in tiles of 64 pairs (chunks cut
-        // short and left partly empty, down's rows not a multiple of the tile's 64).
+        // Where the experts average ≥ 16 pairs, 2-, 4- and 8-bit formats run in tiles of 32 pairs, from 32 in
+        // tiles of 64 (chunks cut short and left partly empty, down's rows not a multiple of the tile's 64; the
+        // 37-token case above runs in tiles of 32).
         ("q4g64bf16", 4, 2, 150, 128, 192, true),
         ("q2g128f32", 3, 1, 200, 128, 128, false),
         ("q8g32f16", 6, 3, 70, 96, 96, true),
+        ("q8g32f16", 6, 3, 40, 96, 96, false),
     ];
     for ((format, experts, k, t, h, inter, renormalize), subgroups) in cases.into_iter().zip([true, false].into_iter().cycle()) {
         b.gpu.set_subgroups(subgroups);

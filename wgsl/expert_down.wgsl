@@ -4,8 +4,8 @@
 // share its x loads; 16 lanes per row group, as the intermediate size (its columns) is small: 512 columns are 16
 // units of 32. Grid: (ceil(rows / 32), pairs).
 {% if tiles %}
-// Tiles (long prefills): each workgroup runs one chunk of up to 64 pairs of one expert (group_pairs.wgsl) over 64
-// rows (tile_matmul in matvec.wgsl). Grid: (ceil(rows / 64), chunks).
+// Tiles (long prefills): each workgroup runs one chunk of up to {{ tiles }} pairs of one expert (group_pairs.wgsl)
+// over 64 rows (tile_matmul in matvec.wgsl). Grid: (ceil(rows / 64), chunks).
 {% elif grouped %}
 // Grouped (prefill): each workgroup runs one chunk of up to 8 pairs of one expert (group_pairs.wgsl); each
 // thread unpacks 2 rows once for 8 tokens. Grid: (ceil(rows / (GROUPS · 2)), chunks).
@@ -36,7 +36,7 @@ var<workgroup> chunk_shared: vec2<u32>;
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
 {% if tiles %}
-{{ tile_declarations(fmt) }}
+{{ tile_declarations(fmt, tiles) }}
 var<private> tile_row0: u32;
 var<private> tile_record: u32;
 var<private> tile_chunk: vec2<u32>;
@@ -56,13 +56,13 @@ fn tile_x(t: u32) -> u32 {
     return order[tile_chunk.x + min(t, tile_chunk.y - 1u)] * p.cols / 4u;
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size({{ tiles // 4 }}, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
 {{ grouped_chunk(0) }}
     tile_chunk = chunk;
     tile_record = ids[order[chunk.x]] * p.stride;
     tile_row0 = wid.x * 64u;
-{{ tile_matmul(fmt) }}
+{{ tile_matmul(fmt, tiles) }}
 {% for j in range(4) %}
     if (lid.x * 4u + {{ j }}u < chunk.y) {
         let pair = order[chunk.x + lid.x * 4u + {{ j }}u];

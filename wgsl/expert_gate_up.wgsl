@@ -5,9 +5,9 @@
 // Experts are fixed-stride records in `w` (the floe format's layout); gate and up are of format {{ fmt.name }}.
 // Each thread sums 2 rows of gate and of up. Grid: (ceil(rows / (GROUPS · 2)), pairs).
 {% if tiles %}
-// Tiles (long prefills): each workgroup runs one chunk of up to 64 pairs of one expert (group_pairs.wgsl) over 32
-// rows of gate and the same 32 of up, a tile of 64 weight rows × 64 tokens (tile_matmul in matvec.wgsl).
-// Grid: (ceil(rows / 32), chunks).
+// Tiles (long prefills): each workgroup runs one chunk of up to {{ tiles }} pairs of one expert (group_pairs.wgsl)
+// over 32 rows of gate and the same 32 of up, a tile of 64 weight rows × {{ tiles }} tokens (tile_matmul in
+// matvec.wgsl). Grid: (ceil(rows / 32), chunks).
 {% elif grouped %}
 // Grouped (prefill): each workgroup runs one chunk of up to 8 pairs of one expert (group_pairs.wgsl), so each
 // thread unpacks a row of gate and of up once for 8 tokens. Grid: (ceil(rows / GROUPS), chunks).
@@ -43,7 +43,7 @@ var<workgroup> chunk_shared: vec2<u32>;
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
 {% if tiles %}
-{{ tile_declarations(fmt) }}
+{{ tile_declarations(fmt, tiles) }}
 var<private> tile_row0: u32;
 var<private> tile_record: u32;
 var<private> tile_chunk: vec2<u32>;
@@ -73,13 +73,13 @@ fn tile_x(t: u32) -> u32 {
 {% endif %}
 
 {% if tiles %}
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size({{ tiles // 4 }}, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
 {{ grouped_chunk(0) }}
     tile_chunk = chunk;
     tile_record = ids[order[chunk.x]] * p.stride;
     tile_row0 = wid.x * 32u;
-{{ tile_matmul(fmt) }}
+{{ tile_matmul(fmt, tiles) }}
 {% for j in range(4) %}
     if (lid.x * 4u + {{ j }}u < chunk.y) {
         let pair = order[chunk.x + lid.x * 4u + {{ j }}u];

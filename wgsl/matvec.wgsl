@@ -244,22 +244,26 @@ var<workgroup> xt: array<vec4<f32>, 512>;
 {% endfor %}
 {% endmacro %}
 
-{# Tiles (prefill, 2/4/8-bit affine formats): a workgroup of 16 × 16 threads computes a tile of 64 rows × 64
-   tokens, each thread 4 rows (tile rows 4·lid.y ..) × 4 tokens (4·lid.x ..) into acc{i}_{j}. Per unit of 32
+{# Tiles (prefill, 2/4/8-bit affine formats): a workgroup of `tokens`/4 × 16 threads computes a tile of 64 rows ×
+   `tokens` tokens (64, or 32 for the chunks of experts with few pairs), each thread 4 rows (tile rows 4·lid.y ..)
+   × 4 tokens (4·lid.x ..) into acc{i}_{j}. Per unit of 32
    columns, the workgroup dequantizes the 64 rows' weights and copies the 64 tokens' x into workgroup memory
    (column-major, so a thread reads 4 rows or 4 tokens as one vec4), then each thread does 16 FMAs per 2 loads from
-   there: each weight is unpacked once per 64 tokens. The includer says where rows and tokens are: WGSL functions
-   `tile_row(r) -> vec3<u32>` (the index of tile row r's first weight word, scale and bias; r < 64) and `tile_x(t)`
-   (the index of tile token t's first x vec4; t < 64), each returning something in range for any r and t. #}
-{% macro tile_declarations(fmt) %}
+   there: each weight is unpacked once per `tokens` tokens. The includer says where rows and tokens are: WGSL
+   functions `tile_row(r) -> vec3<u32>` (the index of tile row r's first weight word, scale and bias; r < 64) and
+   `tile_x(t)` (the index of tile token t's first x vec4; t < `tokens`), each returning something in range for any
+   r and t. #}
+{% macro tile_declarations(fmt, tokens=64) %}
 const VALS: u32 = {{ 32 // fmt.bits }}u;
-// Column k of the unit: ws[k · 16 + r / 4][r % 4] = weight of tile row r, xs[k · 16 + t / 4][t % 4] = x of tile token t.
+// Column k of the unit: ws[k · 16 + r / 4][r % 4] = weight of tile row r, xs[k · TQ + t / 4][t % 4] = x of tile
+// token t (TQ = tokens / 4 vec4s per column).
+const TQ: u32 = {{ tokens // 4 }}u;
 var<workgroup> ws: array<vec4<f32>, 512>;
-var<workgroup> xs: array<vec4<f32>, 512>;
+var<workgroup> xs: array<vec4<f32>, {{ tokens * 8 }}>;
 {% endmacro %}
 
 {# Issues the loads of unit `u` (tile_matmul). #}
-{% macro tile_load_unit(fmt, wl, u) %}
+{% macro tile_load_unit(fmt, wl, tokens, u) %}
 {% for n in range(wl) %}
         if (wi{{ n }} < 64u * BITS) {
             let g = ({{ u }}) * 32u / GROUP;
@@ -273,8 +277,9 @@ var<workgroup> xs: array<vec4<f32>, 512>;
 {% endfor %}
 {% endmacro %}
 
-{% macro tile_matmul(fmt) %}
-    let id = lid.y * 16u + lid.x;
+{% macro tile_matmul(fmt, tokens=64) %}
+{% set threads = 4 * tokens %}
+    let id = lid.y * TQ + lid.x;
 {% for i in range(4) %}
 {% for j in range(4) %}
     var acc{{ i }}_{{ j }} = 0.0;
@@ -282,20 +287,20 @@ var<workgroup> xs: array<vec4<f32>, 512>;
 {% endfor %}
     // This thread's share of a unit, loaded a unit ahead (in flight while the FMAs of the unit before run): weight
     // words `wi{n} / 64` of tile rows `wi{n} % 64` (consecutive threads on consecutive rows) with their group's
-    // scale and bias, and x vec4s `id % 8` of tile tokens `id / 8` and 32 + `id / 8`.
-{% set wl = (64 * fmt.bits + 255) // 256 %}
+    // scale and bias, and x vec4s `id % 8` of tile tokens `id / 8` and {{ tokens // 2 }} + `id / 8`.
+{% set wl = (64 * fmt.bits + threads - 1) // threads %}
 {% for n in range(wl) %}
-    let wi{{ n }} = id + {{ n * 256 }}u;
+    let wi{{ n }} = id + {{ n * threads }}u;
     let wrow{{ n }} = tile_row(wi{{ n }} % 64u);
     var wv{{ n }} = 0u;
     var wsc{{ n }} = 0.0;
     var wbi{{ n }} = 0.0;
 {% endfor %}
     let xrow0 = tile_x(id / 8u);
-    let xrow1 = tile_x(id / 8u + 32u);
+    let xrow1 = tile_x(id / 8u + {{ tokens // 2 }}u);
     var xv0 = vec4<f32>();
     var xv1 = vec4<f32>();
-{{ tile_load_unit(fmt, wl, "0u") }}
+{{ tile_load_unit(fmt, wl, tokens, "0u") }}
     let units = p.cols / 32u;
     for (var u = 0u; u < units; u++) {
         workgroupBarrier();
@@ -310,20 +315,20 @@ var<workgroup> xs: array<vec4<f32>, 512>;
 {% endfor %}
 {% for n in range(2) %}
         {
-            let t = id / 8u + {{ n * 32 }}u;
+            let t = id / 8u + {{ n * tokens // 2 }}u;
             let q = id % 8u;
-            xs[(q * 4u) * 16u + t / 4u][t % 4u] = xv{{ n }}.x;
-            xs[(q * 4u + 1u) * 16u + t / 4u][t % 4u] = xv{{ n }}.y;
-            xs[(q * 4u + 2u) * 16u + t / 4u][t % 4u] = xv{{ n }}.z;
-            xs[(q * 4u + 3u) * 16u + t / 4u][t % 4u] = xv{{ n }}.w;
+            xs[(q * 4u) * TQ + t / 4u][t % 4u] = xv{{ n }}.x;
+            xs[(q * 4u + 1u) * TQ + t / 4u][t % 4u] = xv{{ n }}.y;
+            xs[(q * 4u + 2u) * TQ + t / 4u][t % 4u] = xv{{ n }}.z;
+            xs[(q * 4u + 3u) * TQ + t / 4u][t % 4u] = xv{{ n }}.w;
         }
 {% endfor %}
         workgroupBarrier();
-{{ tile_load_unit(fmt, wl, "min(u + 1u, units - 1u)") }}
+{{ tile_load_unit(fmt, wl, tokens, "min(u + 1u, units - 1u)") }}
 {% for k in range(32) %}
         {
             let wv = ws[{{ k * 16 }}u + lid.y];
-            let xv = xs[{{ k * 16 }}u + lid.x];
+            let xv = xs[{{ k }}u * TQ + lid.x];
 {% for i in range(4) %}
 {% for j in range(4) %}
             acc{{ i }}_{{ j }} = fma(wv[{{ i }}], xv[{{ j }}], acc{{ i }}_{{ j }});

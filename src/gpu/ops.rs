@@ -165,8 +165,8 @@ impl Gpu {
         self.dispatch("group_pairs", &[ids, &order, &chunk_table, &work], &params, (1, 1, 1));
         // Rows per workgroup: 8 of gate and up and 16 of down grouped; 32 of gate and up and 64 of down in tiles.
         let (suffix, gate_up_rows, down_rows) = match layout {
-            ExpertLayout::Tiles => ("tiles", 32, 64),
-            _ => ("grouped", 8, 16),
+            ExpertLayout::Grouped => ("grouped".to_string(), 8, 16),
+            _ => (format!("tiles{size}"), 32, 64),
         };
         let kernel = self.matrix_kernel(&format!("expert_gate_up_{}_{suffix}", e.gate_up_format));
         let buffers = [&*e.buf, &x.buf, ids, &act.buf, &order, &chunk_table];
@@ -566,7 +566,7 @@ impl WeightsFrom for Gpu {
                     let rest = n.strip_prefix(stem.as_str());
                     // Matmuls per layout, each also as a split (`…_nt1_split`).
                     let matmul = |r: &str| ["_nt1", "_nt1w", "_nt8", "_nt64"].iter().any(|l| r == format!("{l}{sg}"));
-                    let expert = |r: &str| r.is_empty() || r == sg || r == format!("_grouped{sg}") || r == format!("_tiles{sg}");
+                    let expert = |r: &str| r.is_empty() || r == sg || r == format!("_grouped{sg}") || r == format!("_tiles64{sg}") || r == format!("_tiles32{sg}");
                     rest.is_some_and(|r| expert(r) || matmul(&r.replacen("_split", "", 1)))
                 });
                 fixed || of_weights
@@ -587,35 +587,44 @@ enum ExpertLayout {
     /// Pairs grouped by expert on the GPU, each expert's rows run for 8 of its pairs at a time: one pass over its
     /// weights per 8 tokens instead of per token.
     Grouped,
-    /// Grouped, 64 pairs of an expert per tile (tile_matmul in matvec.wgsl), where the experts average enough pairs.
-    Tiles,
+    /// Grouped, 64 or 32 pairs of an expert per tile (tile_matmul in matvec.wgsl), where the experts average
+    /// enough pairs to fill most of one.
+    Tiles64,
+    Tiles32,
 }
 
 impl ExpertLayout {
     fn of(e: &GpuExperts, tokens: usize, pairs: usize) -> ExpertLayout {
         let experts = e.routed + e.shared as usize;
-        let tiled = |format: &str| [format!("expert_gate_up_{format}_tiles"), format!("expert_down_{format}_tiles")];
+        // (Every tile size or none: they are rendered for the same formats.)
+        let tiled = |format: &str| [format!("expert_gate_up_{format}_tiles64"), format!("expert_down_{format}_tiles64")];
         let has_tiles = tiled(&e.gate_up_format).iter().chain(&tiled(&e.down_format)).all(|k| kernels::find(k).is_some());
         match tokens {
             t if t < GROUPED_FROM => ExpertLayout::PerPair,
-            _ if has_tiles && pairs >= TILES_FROM_PAIRS_PER_EXPERT * experts => ExpertLayout::Tiles,
+            _ if has_tiles && pairs >= 2 * TILES_FROM_PAIRS_PER_EXPERT * experts => ExpertLayout::Tiles64,
+            _ if has_tiles && pairs >= TILES_FROM_PAIRS_PER_EXPERT * experts => ExpertLayout::Tiles32,
             _ => ExpertLayout::Grouped,
         }
     }
 
     /// Pairs of one expert per chunk (group_pairs.wgsl).
     fn chunk_pairs(self) -> usize {
-        if self == ExpertLayout::Tiles { 64 } else { 8 }
+        match self {
+            ExpertLayout::Tiles64 => 64,
+            ExpertLayout::Tiles32 => 32,
+            _ => 8,
+        }
     }
 }
 
 /// Forward calls of at least this many tokens run the grouped expert kernels.
 const GROUPED_FROM: usize = 32;
 
-/// ... and the tiled ones where the experts average at least this many pairs: a tile computes 64 pairs however
-/// few it holds, and on the H100 tiles were 12% slower than grouped at 18 pairs per expert (a 512-token prefill of
-/// 35B-A3B) and 16% faster at 36 (1,024 tokens; docs/PERF.md, "Prefill").
-const TILES_FROM_PAIRS_PER_EXPERT: usize = 32;
+/// ... and the tiled ones where the experts average at least this many pairs (tiles of 32 pairs; of 64 from twice
+/// as many): a tile computes all its pairs however few it holds, and on the H100 tiles of 64 were 12% slower than
+/// grouped at 18 pairs per expert (a 512-token prefill of 35B-A3B) and 16% faster at 36 (1,024 tokens;
+/// docs/PERF.md, "Prefill").
+const TILES_FROM_PAIRS_PER_EXPERT: usize = 16;
 
 /// For `pairs` pairs over the records of `e.buf` (experts, or slots when streamed; pairs name them by number):
 /// the record count and the most chunks of up to `size` pairs of one record they can make.
