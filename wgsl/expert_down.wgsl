@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk, tile_declarations, tile_matmul %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk, tile_declarations, tile_matmul, expert_tile_globals, expert_tile_chunk %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
 // each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
 // share its x loads; 16 lanes per row group, as the intermediate size (its columns) is small: 512 columns are 16
@@ -37,9 +37,7 @@ const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
 {% if tiles %}
 {{ tile_declarations(fmt, tiles) }}
-var<private> tile_row0: u32;
-var<private> tile_record: u32;
-var<private> tile_chunk: vec2<u32>;
+{{ expert_tile_globals() }}
 
 fn tile_row(r: u32) -> vec3<u32> {
     let row = min(tile_row0 + r, p.rows - 1u);
@@ -58,10 +56,7 @@ fn tile_x(t: u32) -> u32 {
 
 @compute @workgroup_size({{ tiles // 4 }}, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-{{ grouped_chunk(0) }}
-    tile_chunk = chunk;
-    tile_record = ids[order[chunk.x]] * p.stride;
-    tile_row0 = wid.x * 64u;
+{{ expert_tile_chunk(64) }}
 {{ tile_matmul(fmt, tiles) }}
 {% for j in range(4) %}
     if (lid.x * 4u + {{ j }}u < chunk.y) {

@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk, tile_declarations, tile_matmul %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk, tile_declarations, tile_matmul, expert_tile_globals, expert_tile_chunk %}
 // The first half of every routed expert of a layer in one dispatch: for each (token, slot k) pair, the expert id
 // comes from `ids` (written by the router on the GPU: no CPU round trip) and
 //   act[pair, r] = silu(gate_e[r] · x[token]) · (up_e[r] · x[token]).
@@ -44,9 +44,7 @@ const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
 {% if tiles %}
 {{ tile_declarations(fmt, tiles) }}
-var<private> tile_row0: u32;
-var<private> tile_record: u32;
-var<private> tile_chunk: vec2<u32>;
+{{ expert_tile_globals() }}
 
 // Tile row r is row tile_row0 + 2·(r / 4) + r % 2 of gate (r / 2 even) or of up (odd): each thread's 4 rows are 2
 // rows of gate and the same 2 of up, so it applies the SwiGLU itself.
@@ -75,10 +73,7 @@ fn tile_x(t: u32) -> u32 {
 {% if tiles %}
 @compute @workgroup_size({{ tiles // 4 }}, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-{{ grouped_chunk(0) }}
-    tile_chunk = chunk;
-    tile_record = ids[order[chunk.x]] * p.stride;
-    tile_row0 = wid.x * 32u;
+{{ expert_tile_chunk(32) }}
 {{ tile_matmul(fmt, tiles) }}
 {% for j in range(4) %}
     if (lid.x * 4u + {{ j }}u < chunk.y) {

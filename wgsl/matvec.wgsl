@@ -277,6 +277,22 @@ var<workgroup> xs: array<vec4<f32>, {{ tokens * 8 }}>;
 {% endfor %}
 {% endmacro %}
 
+{# The expert kernels in tiles: the chunk of pairs and the record a workgroup runs, for their tile_row and tile_x
+   (module scope), ... #}
+{% macro expert_tile_globals() %}
+var<private> tile_row0: u32;
+var<private> tile_record: u32;
+var<private> tile_chunk: vec2<u32>;
+{% endmacro %}
+
+{# ... set at the start of main, where a workgroup with an empty chunk returns. #}
+{% macro expert_tile_chunk(rows) %}
+{{ grouped_chunk(0) }}
+    tile_chunk = chunk;
+    tile_record = ids[order[chunk.x]] * p.stride;
+    tile_row0 = wid.x * {{ rows }}u;
+{% endmacro %}
+
 {% macro tile_matmul(fmt, tokens=64) %}
 {% set threads = 4 * tokens %}
     let id = lid.y * TQ + lid.x;
