@@ -595,14 +595,16 @@ enum ExpertLayout {
 
 impl ExpertLayout {
     fn of(e: &GpuExperts, tokens: usize, pairs: usize) -> ExpertLayout {
+        if tokens < GROUPED_FROM {
+            return ExpertLayout::PerPair;
+        }
         let experts = e.routed + e.shared as usize;
         // (Every tile size or none: they are rendered for the same formats.)
         let tiled = |format: &str| [format!("expert_gate_up_{format}_tiles64"), format!("expert_down_{format}_tiles64")];
         let has_tiles = tiled(&e.gate_up_format).iter().chain(&tiled(&e.down_format)).all(|k| kernels::find(k).is_some());
-        match tokens {
-            t if t < GROUPED_FROM => ExpertLayout::PerPair,
-            _ if has_tiles && pairs >= 2 * TILES_FROM_PAIRS_PER_EXPERT * experts => ExpertLayout::Tiles64,
-            _ if has_tiles && pairs >= TILES_FROM_PAIRS_PER_EXPERT * experts => ExpertLayout::Tiles32,
+        match pairs {
+            p if has_tiles && p >= 2 * TILES_FROM_PAIRS_PER_EXPERT * experts => ExpertLayout::Tiles64,
+            p if has_tiles && p >= TILES_FROM_PAIRS_PER_EXPERT * experts => ExpertLayout::Tiles32,
             _ => ExpertLayout::Grouped,
         }
     }
