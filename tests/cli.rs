@@ -73,13 +73,16 @@ fn sampling_is_repeatable_with_a_seed() {
 #[test]
 fn bench_json_and_timing_report_their_figures() {
     let dir = fixture("qwen35_moe_mlx_4bit");
-    let out = floe(&["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "7", "--gen-tokens", "3", "--backend", "cpu", "--json"]);
+    let bench = ["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "7", "--gen-tokens", "3", "--backend", "cpu"];
+    let out = floe(&[&bench[..], &["--json", "--prefill-runs", "2"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
-    for key in ["prefill_tok_s", "decode_tok_s", "ttft_ms", "expert_bytes_read", "dispatches_per_token"] {
+    for key in ["prefill_tok_s", "decode_tok_s", "ttft_ms", "ttft_again_ms", "expert_bytes_read", "dispatches_per_token"] {
         assert!(report[key].is_number(), "{key} missing from {report}");
     }
     assert_eq!(report["prompt_tokens"], 7);
+    let out = floe(&[&bench[..], &["--prefill-runs", "0"]].concat());
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--prefill-runs"));
     let out = floe(&["--prompt", "Hi", "--tokens", "4", "--backend", "cpu", "--timing"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.contains("per forward call: 0 GPU dispatches"), "{stderr}");

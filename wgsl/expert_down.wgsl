@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk, tile_declarations, tile_matmul, expert_tile_globals, expert_tile_chunk %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, grouped_chunk, tile_declarations, tile_matmul, expert_tile_globals, expert_tile_chunk %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
 // each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
 // share its x loads; 16 lanes per row group, as the intermediate size (its columns) is small: 512 columns are 16
@@ -73,7 +73,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 {{ declarations(16 if grouped else 4, 16, 8) }}
 {# Per pair (decode, short prefill chunks) of an affine format: x from a tile in workgroup memory (matvec.wgsl). #}
 {% set tiled = not grouped and fmt.kind == "affine" %}
-{% if tiled %}{{ x_tile() }}{% endif %}
+{% if tiled %}{{ x_tile(16) }}{% endif %}
 
 @compute @workgroup_size(16, 8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
@@ -105,11 +105,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let xo0 = pair * p.cols;
     let row0 = (wid.x * GROUPS + lid.y) * 4u;
 {{ accumulators(4, 1) }}
-{% call for_units(fmt, tiled=tiled) %}
+{% if tiled %}
+{{ tiled_units(fmt, [["down", "min(row0, p.rows - 1u)"], ["down", "min(row0 + 1u, p.rows - 1u)"], ["down", "min(row0 + 2u, p.rows - 1u)"], ["down", "min(row0 + 3u, p.rows - 1u)"]], preload=true) }}
+{% else %}
+{% call for_units(fmt) %}
 {% for r in range(4) %}
-{{ accumulate(fmt, "down", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, 1, "valid", tiled=tiled) }}
+{{ accumulate(fmt, "down", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, 1, "valid") }}
 {% endfor %}
 {% endcall %}
+{% endif %}
 {{ reduce(4, 1) }}
     if (lid.x < 4u && row0 + lid.x < p.rows) {
         y[pair * p.rows + row0 + lid.x] = partial[(lid.y * SLOTS + lid.x) * LANES];

@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, grouped_chunk, tile_declarations, tile_matmul, expert_tile_globals, expert_tile_chunk %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, grouped_chunk, tile_declarations, tile_matmul, expert_tile_globals, expert_tile_chunk %}
 // The first half of every routed expert of a layer in one dispatch: for each (token, slot k) pair, the expert id
 // comes from `ids` (written by the router on the GPU: no CPU round trip) and
 //   act[pair, r] = silu(gate_e[r] · x[token]) · (up_e[r] · x[token]).
@@ -67,7 +67,7 @@ fn tile_x(t: u32) -> u32 {
 {{ declarations(16 if grouped else 4) }}
 {# Per pair (decode, short prefill chunks) of an affine format: x from a tile in workgroup memory (matvec.wgsl). #}
 {% set tiled = not grouped and fmt.kind == "affine" %}
-{% if tiled %}{{ x_tile() }}{% endif %}
+{% if tiled %}{{ x_tile(64) }}{% endif %}
 {% endif %}
 
 {% if tiles %}
@@ -124,12 +124,16 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let r0 = min(row0, p.rows - 1u);
     let r1 = min(row0 + 1u, p.rows - 1u);
 {{ accumulators(4, 1) }}
-{% call for_units(fmt, tiled=tiled) %}
-{{ accumulate(fmt, "gate", "r0", 0, 1, "valid", tiled=tiled) }}
-{{ accumulate(fmt, "gate", "r1", 1, 1, "valid", tiled=tiled) }}
-{{ accumulate(fmt, "up", "r0", 2, 1, "valid", tiled=tiled) }}
-{{ accumulate(fmt, "up", "r1", 3, 1, "valid", tiled=tiled) }}
+{% if tiled %}
+{{ tiled_units(fmt, [["gate", "r0"], ["gate", "r1"], ["up", "r0"], ["up", "r1"]]) }}
+{% else %}
+{% call for_units(fmt) %}
+{{ accumulate(fmt, "gate", "r0", 0, 1, "valid") }}
+{{ accumulate(fmt, "gate", "r1", 1, 1, "valid") }}
+{{ accumulate(fmt, "up", "r0", 2, 1, "valid") }}
+{{ accumulate(fmt, "up", "r1", 3, 1, "valid") }}
 {% endcall %}
+{% endif %}
 {{ reduce(4, 1) }}
     if (lid.x < 2u && row0 + lid.x < p.rows) {
         let g = partial[(lid.y * SLOTS + lid.x) * LANES];

@@ -1,4 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, subgroup_param, tile_declarations, tile_matmul %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, tile_declarations, tile_matmul %}
 {# Decode: 4 rows per thread share each x load, 32 lanes per row group (32 rows per workgroup for affine formats,
    which read x from a tile in workgroup memory: the tile's fill is shared by more rows, and 16 per workgroup
    measured slower, 64 slower on 4,096 rows; 16 for dense ones); `wide` (decode of
@@ -110,7 +110,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 }
 {% else %}
 {{ declarations(rows * nt, lanes, groups) }}
-{% if tiled %}{{ x_tile() }}{% endif %}
+{% if tiled %}{{ x_tile(64) }}{% endif %}
 
 @compute @workgroup_size({{ lanes }}, {{ groups }})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>{{ subgroup_param() }}) {
@@ -121,11 +121,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let xo{{ n }} = min(tok0 + {{ n }}u, p.t - 1u) * p.cols;
 {% endfor %}
 {{ accumulators(rows, nt) }}
-{% call for_units(fmt, words, tiled) %}
+{% if tiled %}
+{{ tiled_units(fmt, [["m", "min(row0, p.rows - 1u)"], ["m", "min(row0 + 1u, p.rows - 1u)"], ["m", "min(row0 + 2u, p.rows - 1u)"], ["m", "min(row0 + 3u, p.rows - 1u)"]]) }}
+{% else %}
+{% call for_units(fmt, words) %}
 {% for r in range(rows) %}
-{{ accumulate(fmt, "m", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, nt, "valid", words, tiled) }}
+{{ accumulate(fmt, "m", "min(row0 + " ~ r ~ "u, p.rows - 1u)", r, nt, "valid", words) }}
 {% endfor %}
 {% endcall %}
+{% endif %}
 {{ reduce(rows, nt) }}
     if (lid.x < SLOTS) {
         let row = row0 + lid.x / {{ nt }}u;

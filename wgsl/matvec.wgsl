@@ -20,10 +20,32 @@ const SLOTS: u32 = {{ slots }}u;
 var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 {% endmacro %}
 
+{# The 32 values q0..q31 of a unit of an affine format, unpacked from its words {words}0 .. {words}{bits - 1}. #}
+{% macro unit_values(fmt, words) %}
+{% for i in range(32) %}
+{% set bit = i * fmt.bits %}
+{% set word = bit // 32 %}
+{% set shift = bit % 32 %}
+{% if shift + fmt.bits <= 32 %}
+            let q{{ i }} = f32(({{ words }}{{ word }} >> {{ shift }}u) & MASK);
+{% else %}
+            let q{{ i }} = f32((({{ words }}{{ word }} >> {{ shift }}u) | ({{ words }}{{ word + 1 }} << {{ 32 - shift }}u)) & MASK);
+{% endif %}
+{% endfor %}
+{% endmacro %}
+
+{# qx = Σ q_i · x_i over a unit, its x in the vec4s x0..x7. #}
+{% macro unit_dot() %}
+                var qx = q0 * x0.x;
+{% for i in range(1, 32) %}
+                qx = fma(q{{ i }}, x{{ i // 4 }}.{{ "xyzw"[i % 4] }}, qx);
+{% endfor %}
+{% endmacro %}
+
 {# Adds Σ_c w[row, c]·x[c] over step `u` of matrix `mat` (a Mat) to acc{slot}_{n}, for each token n < nt whose
    input row starts at xo{n}, when `valid`. `row` and `u` must be in range (callers clamp them and pass
    valid = false for a clamped step), so every load can be issued before anything is known. #}
-{% macro accumulate(fmt, mat, row, slot, nt, valid="true", words=false, tiled=false) %}
+{% macro accumulate(fmt, mat, row, slot, nt, valid="true", words=false) %}
         {
 {% if by_words(fmt, words) %}
 {% set vals = 32 // fmt.bits %}
@@ -70,32 +92,14 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 {% for k in range(fmt.bits) %}
             let w{{ k }} = w[base + {{ k }}u];
 {% endfor %}
-{% for i in range(32) %}
-{% set bit = i * fmt.bits %}
-{% set word = bit // 32 %}
-{% set shift = bit % 32 %}
-{% if shift + fmt.bits <= 32 %}
-            let q{{ i }} = f32((w{{ word }} >> {{ shift }}u) & MASK);
-{% else %}
-            let q{{ i }} = f32(((w{{ word }} >> {{ shift }}u) | (w{{ word + 1 }} << {{ 32 - shift }}u)) & MASK);
-{% endif %}
-{% endfor %}
+{{ unit_values(fmt, "w") }}
 {% for n in range(nt) %}
             {
-{% if tiled %}
-{% for j in range(8) %}
-                let x{{ j }} = xt[(u - c0) * 8u + ((u & 7u) ^ {{ j }}u)];
-{% endfor %}
-{% else %}
                 let xb = (xo{{ n }} + u * 32u) / 4u;
 {% for j in range(8) %}
                 let x{{ j }} = x[xb + {{ j }}u];
 {% endfor %}
-{% endif %}
-                var qx = q0 * x0.x;
-{% for i in range(1, 32) %}
-                qx = fma(q{{ i }}, x{{ i // 4 }}.{{ "xyzw"[i % 4] }}, qx);
-{% endfor %}
+{{ unit_dot() }}
                 let xs = dot(((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
                 acc{{ slot }}_{{ n }} += select(0.0, scale * qx + bias * xs, {{ valid }});
             }
@@ -122,26 +126,8 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 
 {# The loop over this thread's steps of a format-`fmt` matrix, calling the body with `u` and `valid` set: a unit
    per iteration, or words worth 32 values (b words of b bits), as many loads in flight either way. (On the H100,
-   two units per iteration measured slower than one with two rows per thread.) `tiled` (one token, an affine
-   format, its row starting at xo0): for each chunk of TILE_UNITS units, every thread first helps fill the x tile,
-   and the body also has the chunk's first unit `c0`. #}
-{% macro for_units(fmt, words=false, tiled=false) %}
-{% if tiled %}
-    let units = p.cols / 32u;
-    for (var c0 = 0u; c0 < units; c0 += TILE_UNITS) {
-        let cend = min(units, c0 + TILE_UNITS);
-        workgroupBarrier();
-        for (var i = lid.y * LANES + lid.x; i < (cend - c0) * 8u; i += LANES * GROUPS) {
-            xt[(i & ~7u) | ((i & 7u) ^ ((i >> 3u) & 7u))] = x[xo0 / 4u + c0 * 8u + i];
-        }
-        workgroupBarrier();
-        for (var u0 = c0 + lid.x; u0 < cend; u0 += LANES) {
-            let u = min(u0, cend - 1u);
-            let valid = u0 < cend;
-{{ caller() }}
-        }
-    }
-{% else %}
+   two units per iteration measured slower than one with two rows per thread.) #}
+{% macro for_units(fmt, words=false) %}
 {% set per_iteration = fmt.bits if by_words(fmt, words) else 1 %}
     let units = {{ "p.cols / 32u * BITS" if by_words(fmt, words) else "(p.cols + 31u) / 32u" }};
     for (var u0 = lid.x; u0 < units; u0 += {{ per_iteration }}u * LANES) {
@@ -153,19 +139,81 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
         }
 {% endfor %}
     }
+{% endmacro %}
+
+{# Decode of an affine format (one token, its x row starting at xo0), x staged in workgroup memory: read from
+   global memory, a warp's load of x touched 32 lines (its lanes sit on units 128 bytes apart), and x loads, not
+   weights, bounded the kernel (docs/PERF.md, "x in workgroup memory"). The columns go in chunks of TILE_UNITS
+   units; in each, lane l takes units l, l + LANES, .. In the tile, vec4 j of unit u is stored at (u·8) | (j ^ (u
+   mod 8)), so that the 8 lanes of a quarter warp, on 8 consecutive units, read 8 different banks. x_tile declares
+   the tile (module scope); tiled_units runs the chunks and adds the sum of `rows[r]` (a Mat and a row expression,
+   in range) to acc{r}_0. `preload`: chunks of LANES units, whose weights each thread loads before it helps fill
+   the tile, so that a chunk costs one round of memory latency instead of the fill's and then the loads' (the
+   expert down of 512 columns, one unit per lane: −13%); where a lane has several units (chunks of 64), loading
+   them all first measured slower (docs/PERF.md, "Weight loads before the tile"). #}
+{% macro x_tile(units) %}
+const TILE_UNITS: u32 = {{ units }}u;
+var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
+{% endmacro %}
+
+{% macro tiled_units(fmt, rows, preload=false) %}
+    let units = p.cols / 32u;
+    for (var c0 = 0u; c0 < units; c0 += TILE_UNITS) {
+        let cend = min(units, c0 + TILE_UNITS);
+{% if preload %}
+        const_assert TILE_UNITS == LANES;
+        let u = min(c0 + lid.x, cend - 1u);
+        let valid = c0 + lid.x < cend;
+{{ tile_unit_loads(fmt, rows) }}
 {% endif %}
+        workgroupBarrier();
+        for (var i = lid.y * LANES + lid.x; i < (cend - c0) * 8u; i += LANES * GROUPS) {
+            xt[(i & ~7u) | ((i & 7u) ^ ((i >> 3u) & 7u))] = x[xo0 / 4u + c0 * 8u + i];
+        }
+        workgroupBarrier();
+{% if preload %}
+{{ tile_unit_sums(fmt, rows) }}
+{% else %}
+        for (var u = c0 + lid.x; u < cend; u += LANES) {
+            let valid = true;
+{{ tile_unit_loads(fmt, rows) }}
+{{ tile_unit_sums(fmt, rows) }}
+        }
+{% endif %}
+    }
 {% endmacro %}
 
-{# Decode in steps of a unit (one token, affine formats): x staged in workgroup memory, TILE_UNITS units of 32
-   columns at a time, then read from there. Read from global memory, a warp's load of x touched 32 lines (its lanes
-   sit on units 128 bytes apart), and x loads, not weights, bounded the kernel (docs/PERF.md, "x in workgroup
-   memory"). In the tile, vec4 j of unit u is stored at (u·8) | (j ^ (u mod 8)), so that the 8 lanes of a quarter
-   warp, on 8 consecutive units, read 8 different banks. #}
-{% macro x_tile() %}
-const TILE_UNITS: u32 = 64u;
-var<workgroup> xt: array<vec4<f32>, 512>;
+{# tiled_units' loads of unit `u` of each of `rows`: words w{r}_{k}, scale{r}, bias{r} ... #}
+{% macro tile_unit_loads(fmt, rows) %}
+{% for mat, row in rows %}
+{% set r = loop.index0 %}
+        let base{{ r }} = {{ mat }}.w + ({{ row }}) * ({{ mat }}.cols / 32u * BITS) + u * BITS;
+        let g{{ r }} = ({{ row }}) * ({{ mat }}.cols / GROUP) + u * 32u / GROUP;
+        let scale{{ r }} = {{ fmt.sdtype }}_at({{ mat }}.s + g{{ r }});
+        let bias{{ r }} = {{ fmt.sdtype }}_at({{ mat }}.b + g{{ r }});
+{% for k in range(fmt.bits) %}
+        let w{{ r }}_{{ k }} = w[base{{ r }} + {{ k }}u];
+{% endfor %}
+{% endfor %}
 {% endmacro %}
 
+{# ... and their sums with unit `u` of x in the tile, added to acc{r}_0 when `valid`. #}
+{% macro tile_unit_sums(fmt, rows) %}
+        {
+{% for j in range(8) %}
+            let x{{ j }} = xt[(u - c0) * 8u + ((u & 7u) ^ {{ j }}u)];
+{% endfor %}
+            let xs = dot(((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
+{% for mat, row in rows %}
+{% set r = loop.index0 %}
+            {
+{{ unit_values(fmt, "w" ~ r ~ "_") }}
+{{ unit_dot() }}
+                acc{{ r }}_0 += select(0.0, scale{{ r }} * qx + bias{{ r }} * xs, valid);
+            }
+{% endfor %}
+        }
+{% endmacro %}
 
 {# Declares the accumulators acc{s}_{n}. #}
 {% macro accumulators(slots, nt) %}
