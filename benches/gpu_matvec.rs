@@ -80,10 +80,35 @@ fn main() {
         let _ = gpu.experts(&x, &routing, &device, None).unwrap();
     });
     report("experts K=8 of 512x2048 q4g64 (gate+up, down)", 8.0 * per_expert, secs, limit);
+    // The same calls with GPU timestamps around each dispatch: the kernels' own time (each plus ~6 µs of timing).
+    busy(&gpu);
+    if gpu.start_profiling() {
+        for _ in 0..100 {
+            let _ = gpu.experts(&x, &routing, &device, None).unwrap();
+        }
+        gpu.read(&x).unwrap();
+        for (name, secs, count) in gpu.profile() {
+            println!("  {name}: {:.1} us per dispatch (GPU timestamps)", secs * 1e6 / count as f64);
+        }
+    }
 }
 
-/// Seconds per call of `f`, recorded `n` times and submitted at once (one wait for all).
+/// Keeps the GPU busy for a second: from idle (as it is while the CPU makes the random weights) its clock takes
+/// ~0.4 s to ramp up (docs/PERF.md, "Time to first token and the GPU's clock"), far longer than these timings.
+fn busy(gpu: &Gpu) {
+    let (a, b) = (gpu.act(&vec![0.5; 1 << 20]).unwrap(), gpu.act(&vec![0.25; 1 << 20]).unwrap());
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < 1.0 {
+        for _ in 0..100 {
+            let _ = gpu.swiglu(&a, &b);
+        }
+        gpu.read(&a).unwrap();
+    }
+}
+
+/// Seconds per call of `f`, recorded `n` times and submitted at once (one wait for all), on a busy GPU.
 fn time(gpu: &Gpu, n: usize, mut f: impl FnMut()) -> f64 {
+    busy(gpu);
     let sync = gpu.act(&[0.0]).unwrap();
     f();
     gpu.read(&sync).unwrap();

@@ -113,7 +113,9 @@ fn open() -> Option<(wgpu::Device, wgpu::Queue, String)> {
     Some((device, queue, name))
 }
 
-/// GPU time per dispatch: (N dispatches bracketed by one pair of timestamps, each bracketed by its own), best of 3.
+/// GPU time per dispatch: (N dispatches bracketed by one pair of timestamps, each bracketed by its own), the best
+/// of rounds repeated for at least a second (3 at least): the GPU's clock ramps up from idle over ~0.4 s
+/// (docs/PERF.md, "Time to first token and the GPU's clock"), and a round of small dispatches lasts a millisecond.
 fn time(device: &wgpu::Device, queue: &wgpu::Queue, probe: &Probe) -> (Duration, Duration) {
     let descriptor = wgpu::ShaderModuleDescriptor { label: None, source: wgpu::ShaderSource::Wgsl(probe.source.as_str().into()) };
     // SAFETY: trusted=1 is asked for by hand, to measure what naga's bounds checks cost; robust buffer access
@@ -193,7 +195,11 @@ fn time(device: &wgpu::Device, queue: &wgpu::Queue, probe: &Probe) -> (Duration,
     let read = device.create_buffer(&wgpu::BufferDescriptor { label: None, size: bytes, usage, mapped_at_creation: false });
     let period = queue.get_timestamp_period() as f64 * 1e-9;
     let mut best = [f64::MAX; 2];
-    for _ in 0..3 {
+    let start = std::time::Instant::now();
+    for round in 0.. {
+        if round >= 3 && start.elapsed() > Duration::from_secs(1) {
+            break;
+        }
         for (mode, best) in best.iter_mut().enumerate() {
             let each = mode == 1;
             let mut encoder = device.create_command_encoder(&Default::default());
