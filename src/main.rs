@@ -686,8 +686,10 @@ impl Job for Bench {
         let streamed = || model.store.as_ref().map(|s| s.stats()).unwrap_or_default();
         let at_start = streamed();
         let (mut ttfts, mut next, mut state) = (Vec::new(), 0, model.new_state()?);
-        for _ in 0..args.prefill_runs {
-            state = model.new_state()?;
+        for run in 0..args.prefill_runs {
+            if run > 0 {
+                state = model.new_state()?;
+            }
             let start = Instant::now();
             for chunk in prompt.chunks(args.prefill_chunk.unwrap_or(prompt.len()).max(1)) {
                 next = model.forward_greedy(chunk, &mut state)?;
