@@ -165,8 +165,8 @@ struct BenchArgs {
     /// Tokens to decode after the prompt (greedy).
     #[arg(long, default_value_t = 128)]
     gen_tokens: usize,
-    /// Prefill the prompt this many times, each from a fresh state: the first run also pays for what a process
-    /// does once per prompt size (GPU buffers, their bindings); the report adds the fastest of the others.
+    /// Prefill the prompt this many times, each from a fresh state; the report adds the fastest of the later runs
+    /// (a first prompt after idling runs while the GPU's clock ramps up: docs/PERF.md).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     prefill_runs: u32,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
