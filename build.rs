@@ -36,16 +36,18 @@ fn variants() -> Vec<(String, &'static str, Value)> {
         // Each matrix kernel also as `…_sg`: its lanes reduced with subgroup shuffles (for adapters that have them).
         for subgroups in [false, true] {
             let sg = if subgroups { "_sg" } else { "" };
-            // Tokens per pass: 1 (decode; `w`: the wide layout for matrices with few rows), 8 or 64; each also as a split.
+            // Tokens per pass: 1 (decode; `w`: the wide layout for matrices with few rows; `l`: quantized rows longer
+            // than 2,048 columns, x staged 4,096 columns at a time), 8 or 64; each also as a split.
             // 64: tiles of 64 tokens, for 2, 4 and 8 bits (the same kernel under both names: it reduces nothing).
-            let in_tiles = fmt.get_attr("kind").unwrap().as_str() == Some("affine")
-                && [2, 4, 8].contains(&fmt.get_attr("bits").unwrap().as_usize().unwrap());
-            for (nt, wide, split) in [(1, false, false), (1, true, false), (1, false, true), (8, false, false), (8, false, true), (64, false, false), (64, false, true)] {
-                if nt == 64 && !in_tiles {
+            let affine = fmt.get_attr("kind").unwrap().as_str() == Some("affine");
+            let in_tiles = affine && [2, 4, 8].contains(&fmt.get_attr("bits").unwrap().as_usize().unwrap());
+            for (nt, layout, split) in [(1, "", false), (1, "w", false), (1, "l", false), (1, "", true), (1, "l", true), (8, "", false), (8, "", true), (64, "", false), (64, "", true)] {
+                if (nt == 64 && !in_tiles) || (layout == "l" && !affine) {
                     continue;
                 }
-                let name = format!("matmul_{f}_nt{nt}{}{}{sg}", if wide { "w" } else { "" }, if split { "_split" } else { "" });
-                v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide }));
+                let name = format!("matmul_{f}_nt{nt}{layout}{}{sg}", if split { "_split" } else { "" });
+                let (wide, long) = (layout == "w", layout == "l");
+                v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide, long }));
             }
             // The expert kernels per pair (decode), `_grouped`: 8 pairs of one expert per pass (prefill), and
             // `_tiles64` / `_tiles32`: 64 or 32 pairs of one expert per tile (long prefills; as the matmul's, for

@@ -2,7 +2,8 @@
 //! (docs/PERF.md), over 1 GiB and over 9.4 MB (the bytes of a 4096×4096 4-bit matrix). And a probe for trying
 //! kernel variants without rebuilding floe: `cargo bench --bench gpu_read -- FILE.wgsl grid=X,Y,Z imm=A,B,..
 //! buf=BYTES[:rand|:f32=V] .. [iters=N] [trusted=1]` times FILE's `main` over those bindings (the last one
-//! read_write; immediates as u32s) and prints GPU microseconds per dispatch.
+//! read_write; immediates as u32s) and prints GPU microseconds per dispatch, and the sum and absolute sum of the
+//! last binding's f32s afterwards (variants of one kernel over the same `rand` fills must agree).
 //!
 //! Times are GPU timestamps: `pass` brackets N dependent dispatches (one after another, as in a forward pass),
 //! `each` brackets every dispatch (how `floe bench --profile` times; it adds ~6 µs per dispatch on the H100).
@@ -72,8 +73,9 @@ fn main() {
                 _ => panic!("unknown argument {key}"),
             }
         }
-        let (pass, each) = time(&device, &queue, &probe);
-        println!("pass: {:.2} us, each: {:.2} us", pass.as_secs_f64() * 1e6, each.as_secs_f64() * 1e6);
+        let (pass, each, output) = time(&device, &queue, &probe);
+        let (sum, abs) = output.iter().fold((0.0f64, 0.0f64), |(s, a), &v| (s + v as f64, a + v.abs() as f64));
+        println!("pass: {:.2} us, each: {:.2} us; output sum {sum:.6e}, |sum| {abs:.6e}", pass.as_secs_f64() * 1e6, each.as_secs_f64() * 1e6);
         return;
     }
     let max = device.limits().max_storage_buffer_binding_size.min(1 << 30) & !15;
@@ -87,7 +89,7 @@ fn main() {
             iters: if bytes > 1 << 28 { 20 } else { 200 },
             trusted: false,
         };
-        let (pass, each) = time(&device, &queue, &probe);
+        let (pass, each, _) = time(&device, &queue, &probe);
         let gbs = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e9;
         println!(
             "plain read of {:.1} MB: {:.2} us = {:.0} GB/s one after another; {:.2} us = {:.0} GB/s timed each",
@@ -113,10 +115,11 @@ fn open() -> Option<(wgpu::Device, wgpu::Queue, String)> {
     Some((device, queue, name))
 }
 
-/// GPU time per dispatch: (N dispatches bracketed by one pair of timestamps, each bracketed by its own), the best
+/// GPU time per dispatch: (N dispatches bracketed by one pair of timestamps, each bracketed by its own, the last
+/// binding's contents afterwards as f32s), the best
 /// of rounds repeated for at least a second (3 at least): the GPU's clock ramps up from idle over ~0.4 s
 /// (docs/PERF.md, "Time to first token and the GPU's clock"), and a round of small dispatches lasts a millisecond.
-fn time(device: &wgpu::Device, queue: &wgpu::Queue, probe: &Probe) -> (Duration, Duration) {
+fn time(device: &wgpu::Device, queue: &wgpu::Queue, probe: &Probe) -> (Duration, Duration, Vec<f32>) {
     let descriptor = wgpu::ShaderModuleDescriptor { label: None, source: wgpu::ShaderSource::Wgsl(probe.source.as_str().into()) };
     // SAFETY: trusted=1 is asked for by hand, to measure what naga's bounds checks cost; robust buffer access
     // still bounds every access on Vulkan.
@@ -132,7 +135,7 @@ fn time(device: &wgpu::Device, queue: &wgpu::Queue, probe: &Probe) -> (Duration,
             let buffer = device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size: *bytes,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             });
             // Random words with the exponent bits of bf16/f32 kept finite.
@@ -239,5 +242,14 @@ fn time(device: &wgpu::Device, queue: &wgpu::Queue, probe: &Probe) -> (Duration,
             *best = best.min(total as f64 * period / n as f64);
         }
     }
-    (Duration::from_secs_f64(best[0]), Duration::from_secs_f64(best[1]))
+    let output = buffers.last().expect("at least one binding");
+    let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+    let read = device.create_buffer(&wgpu::BufferDescriptor { label: None, size: output.size(), usage, mapped_at_creation: false });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(output, 0, &read, 0, output.size());
+    queue.submit([encoder.finish()]);
+    read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+    device.poll(wgpu::PollType::wait_indefinitely()).expect("waiting for the GPU");
+    let values = bytemuck::pod_collect_to_vec(&read.slice(..).get_mapped_range().expect("mapped"));
+    (Duration::from_secs_f64(best[0]), Duration::from_secs_f64(best[1]), values)
 }

@@ -479,7 +479,11 @@ fn on_backend(model: Model, choice: BackendChoice, job: impl Job) -> Result<()> 
             let found = if found.is_empty() { "none".to_string() } else { found.join("; ") };
             format!("--backend gpu: no usable GPU adapter (adapters found: {found})")
         })?),
-        BackendChoice::Auto => Gpu::open(AdapterChoice::Hardware)?,
+        // A GPU that lacks what the kernels need (immediates, workgroup memory) leaves auto on the CPU.
+        BackendChoice::Auto => Gpu::open(AdapterChoice::Hardware).unwrap_or_else(|e| {
+            eprintln!("floe: {e:#}; running on the CPU");
+            None
+        }),
     };
     let Some(gpu) = gpu else {
         eprintln!("floe: backend: CPU ({} threads)", rayon::current_num_threads());

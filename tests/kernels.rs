@@ -121,9 +121,9 @@ fn matmul_every_format_and_odd_shapes() {
     let Some(mut b) = bench() else { return };
     // (rows, cols, tokens): rows not a multiple of 4, cols not of 32, tokens around the 8 per pass; one token over
     // at most and over 2,048 rows (the decode kernel's two layouts); quantized decode over more than one x tile of
-    // 2,048 columns, the last one partly filled.
+    // 4,096 columns, the last one partly filled.
     let dense_shapes = [(1, 1, 1), (5, 45, 1), (37, 100, 3), (64, 256, 9), (130, 33, 17), (2051, 40, 1)];
-    let quant_shapes = [(3, 128, 1), (37, 384, 1), (66, 256, 9), (9, 640, 17), (2053, 128, 1), (2085, 2432, 1)];
+    let quant_shapes = [(3, 128, 1), (37, 384, 1), (66, 256, 9), (9, 640, 17), (2053, 128, 1), (2085, 4480, 1)];
     let formats: Vec<String> = DENSE.iter().map(|s| s.to_string()).chain(quantized()).collect();
     // Both reductions: with subgroup operations (where the adapter has them) and the workgroup-memory fallback.
     for subgroups in [true, false] {
@@ -166,9 +166,16 @@ fn large_prefill_matmuls_run_in_tiles() {
 fn matrices_uploaded_together_run_in_one_dispatch() {
     let Some(mut b) = bench() else { return };
     let formats = ["f32", "bf16", "q4g64bf16", "q8g32f16", "q3g32bf16", "q6g128f32"];
-    // (rows of each of 2, 3 or 4 matrices, cols, tokens)
-    let cases: [(&[usize], usize, usize); 5] =
-        [(&[5, 3, 7], 128, 1), (&[37, 16, 4, 4], 256, 1), (&[64, 33, 1, 9], 128, 9), (&[1, 2, 3], 384, 17), (&[19, 30], 128, 2)];
+    // (rows of each of 2, 3 or 4 matrices, cols, tokens); the last one, a quantized decode over more than one x tile
+    // of 4,096 columns.
+    let cases: [(&[usize], usize, usize); 6] = [
+        (&[5, 3, 7], 128, 1),
+        (&[37, 16, 4, 4], 256, 1),
+        (&[64, 33, 1, 9], 128, 9),
+        (&[1, 2, 3], 384, 17),
+        (&[19, 30], 128, 2),
+        (&[5, 30, 7], 4352, 1),
+    ];
     for (format, (rows, cols, t)) in formats.iter().zip(cases.iter().cycle()) {
         for subgroups in [true, false] {
             b.gpu.set_subgroups(subgroups);

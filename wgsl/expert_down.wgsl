@@ -106,7 +106,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let row0 = (wid.x * GROUPS + lid.y) * 4u;
 {{ accumulators(4, 1) }}
 {% if tiled %}
-{{ tiled_units(fmt, [["down", "min(row0, p.rows - 1u)"], ["down", "min(row0 + 1u, p.rows - 1u)"], ["down", "min(row0 + 2u, p.rows - 1u)"], ["down", "min(row0 + 3u, p.rows - 1u)"]], preload=true) }}
+{{ tiled_units(fmt, [["down", "min(row0, p.rows - 1u)"], ["down", "min(row0 + 1u, p.rows - 1u)"], ["down", "min(row0 + 2u, p.rows - 1u)"], ["down", "min(row0 + 3u, p.rows - 1u)"]], 1, preload=true) }}
 {% else %}
 {% call for_units(fmt) %}
 {% for r in range(4) %}

@@ -125,7 +125,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let r1 = min(row0 + 1u, p.rows - 1u);
 {{ accumulators(4, 1) }}
 {% if tiled %}
-{{ tiled_units(fmt, [["gate", "r0"], ["gate", "r1"], ["up", "r0"], ["up", "r1"]]) }}
+{{ tiled_units(fmt, [["gate", "r0"], ["gate", "r1"], ["up", "r0"], ["up", "r1"]], 4) }}
 {% else %}
 {% call for_units(fmt) %}
 {{ accumulate(fmt, "gate", "r0", 0, 1, "valid") }}

@@ -147,7 +147,9 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
    units; in each, lane l takes units l, l + LANES, .. In the tile, vec4 j of unit u is stored at (u·8) | (j ^ (u
    mod 8)), so that the 8 lanes of a quarter warp, on 8 consecutive units, read 8 different banks. x_tile declares
    the tile (module scope); tiled_units runs the chunks and adds the sum of `rows[r]` (a Mat and a row expression,
-   in range) to acc{r}_0. `preload`: chunks of LANES units, whose weights each thread loads before it helps fill
+   in range) to acc{r}_0. Each thread fills `fill` vec4s of a chunk's tile (TILE_UNITS · 8 / threads, rounded up),
+   all loads issued before any store: a loop waited for each load in turn (docs/PERF.md, "One x tile per row").
+   `preload`: chunks of LANES units, whose weights each thread loads before it helps fill
    the tile, so that a chunk costs one round of memory latency instead of the fill's and then the loads' (the
    expert down of 512 columns, one unit per lane: −13%); where a lane has several units (chunks of 64), loading
    them all first measured slower (docs/PERF.md, "Weight loads before the tile"). #}
@@ -156,7 +158,8 @@ const TILE_UNITS: u32 = {{ units }}u;
 var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
 {% endmacro %}
 
-{% macro tiled_units(fmt, rows, preload=false) %}
+{% macro tiled_units(fmt, rows, fill, preload=false) %}
+    const_assert TILE_UNITS * 8u <= {{ fill }}u * LANES * GROUPS;
     let units = p.cols / 32u;
     for (var c0 = 0u; c0 < units; c0 += TILE_UNITS) {
         let cend = min(units, c0 + TILE_UNITS);
@@ -166,10 +169,16 @@ var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
         let valid = c0 + lid.x < cend;
 {{ tile_unit_loads(fmt, rows) }}
 {% endif %}
+{% for j in range(fill) %}
+        let xi{{ j }} = lid.y * LANES + lid.x + {{ j }}u * LANES * GROUPS;
+        let xv{{ j }} = x[xo0 / 4u + c0 * 8u + min(xi{{ j }}, (cend - c0) * 8u - 1u)];
+{% endfor %}
         workgroupBarrier();
-        for (var i = lid.y * LANES + lid.x; i < (cend - c0) * 8u; i += LANES * GROUPS) {
-            xt[(i & ~7u) | ((i & 7u) ^ ((i >> 3u) & 7u))] = x[xo0 / 4u + c0 * 8u + i];
+{% for j in range(fill) %}
+        if (xi{{ j }} < (cend - c0) * 8u) {
+            xt[(xi{{ j }} & ~7u) | ((xi{{ j }} & 7u) ^ ((xi{{ j }} >> 3u) & 7u))] = xv{{ j }};
         }
+{% endfor %}
         workgroupBarrier();
 {% if preload %}
 {{ tile_unit_sums(fmt, rows) }}

@@ -23,6 +23,10 @@ pub use ops::{GpuExperts, GpuMatrix};
 /// Bytes of immediate data (push constants) every kernel may use for its parameters.
 const IMMEDIATE_BYTES: u32 = 64;
 
+/// Bytes of workgroup memory the largest kernel declares: the decode matmul's x tile of 4,096 columns (16 KiB) and
+/// its partial sums (4 KiB). Desktop GPUs offer 32 KiB or more; WebGPU's minimum is 16 KiB.
+const WORKGROUP_BYTES: u32 = 20 << 10;
+
 /// GPU memory for streamed experts when `--gpu-mem` is not given.
 pub const DEFAULT_EXPERT_MEMORY: u64 = 4 << 30;
 
@@ -155,6 +159,13 @@ impl Gpu {
         let limits = adapter.limits();
         if limits.max_immediate_size < IMMEDIATE_BYTES {
             bail!("GPU {} offers {} bytes of immediate data; floe needs {IMMEDIATE_BYTES}", info.name, limits.max_immediate_size);
+        }
+        if limits.max_compute_workgroup_storage_size < WORKGROUP_BYTES {
+            bail!(
+                "GPU {} offers {} bytes of workgroup memory; floe needs {WORKGROUP_BYTES}",
+                info.name,
+                limits.max_compute_workgroup_storage_size
+            );
         }
         // Where the adapter has them: subgroup operations (faster reductions) and timestamps inside passes (for
         // `floe bench --profile`).

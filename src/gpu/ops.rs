@@ -237,7 +237,7 @@ impl Backend for Gpu {
         let out = self.empty(t * total);
         // Each piece of a split matrix writes its rows of the output.
         for (row0, piece) in w.pieces() {
-            let (layout, grid) = matmul_layout(piece.rows, t, true, &w.format);
+            let (layout, grid) = matmul_layout(piece.rows, w.cols, t, true, &w.format);
             let kernel = self.matrix_kernel(&format!("matmul_{}_{layout}", w.format));
             let [wo, so, bo] = piece.offsets;
             let params = [piece.rows as u32, w.cols as u32, t as u32, wo, so, bo, total as u32, row0 as u32];
@@ -264,7 +264,7 @@ impl Backend for Gpu {
         let unused: Vec<Buf> = (N..4).map(|_| self.scratch(1)).collect();
         let mut bound: Vec<&Buf> = vec![&first.buf, &x.buf];
         bound.extend(outs.iter().map(|o| &o.buf).chain(unused.iter()));
-        let (layout, grid) = matmul_layout(rows, t, false, &first.format);
+        let (layout, grid) = matmul_layout(rows, cols, t, false, &first.format);
         let kernel = self.matrix_kernel(&format!("matmul_{}_{layout}_split", first.format));
         let [wo, so, bo] = first.offsets;
         let params = [rows as u32, cols as u32, t as u32, wo, so, bo, ends[0], ends[1], ends[2]];
@@ -509,15 +509,18 @@ impl Backend for Gpu {
     }
 }
 
-/// The layout of the matmul kernel for `t` tokens over `rows` rows of a matrix of `format` (its name's `nt…` part)
-/// and its grid: a workgroup covers 32 rows (decode of a quantized matrix; 16 of a dense one), 4 (`nt1w`, decode of
-/// at most 2,048 rows, where more per workgroup would leave much of the GPU idle; measured on the H100: routers
-/// 16.6 → 11.5 µs, 2,048 × 4,096 matrices 22 → 19 µs), 16 (8 tokens per pass) or 64 rows × 64 tokens (`nt64`,
-/// large prefills, formats that have it); see wgsl/matmul.wgsl. `wide`: whether `nt1w` may be used.
-fn matmul_layout(rows: usize, t: usize, wide: bool, format: &str) -> (&'static str, (u32, u32, u32)) {
+/// The layout of the matmul kernel for `t` tokens over `rows` rows of `cols` columns of a matrix of `format` (its
+/// name's `nt…` part) and its grid: a workgroup covers 32 rows (decode of a quantized matrix; 16 of a dense one), 4
+/// (`nt1w`, decode of at most 2,048 rows, where more per workgroup would leave much of the GPU idle; measured on the
+/// H100: routers 16.6 → 11.5 µs, 2,048 × 4,096 matrices 22 → 19 µs), 16 (8 tokens per pass) or 64 rows × 64 tokens
+/// (`nt64`, large prefills, formats that have it); see wgsl/matmul.wgsl. `wide`: whether `nt1w` may be used.
+/// Quantized decode over more than 2,048 columns stages x in one tile of 4,096 columns (`nt1l`): on the H100, 4,096²
+/// 10.4 → 8.6 µs; the tile of 2,048 stays for narrower rows, where the larger one measured 3% slower (lm_head).
+fn matmul_layout(rows: usize, cols: usize, t: usize, wide: bool, format: &str) -> (&'static str, (u32, u32, u32)) {
     let affine = format.starts_with('q');
     let (layout, rows_per_group, tokens_per_pass) = match t {
         1 if wide && rows <= 2048 => ("nt1w", 4, 1),
+        1 if affine && cols > 2048 => ("nt1l", 32, 1),
         1 => ("nt1", if affine { 32 } else { 16 }, 1),
         t if rows.div_ceil(64) * t.div_ceil(64) >= TILED_WORKGROUPS && kernels::find(&format!("matmul_{format}_nt64")).is_some() => {
             ("nt64", 64, 64)
@@ -565,7 +568,7 @@ impl WeightsFrom for Gpu {
                 let of_weights = stems.iter().any(|stem| {
                     let rest = n.strip_prefix(stem.as_str());
                     // Matmuls per layout, each also as a split (`…_nt1_split`).
-                    let matmul = |r: &str| ["_nt1", "_nt1w", "_nt8", "_nt64"].iter().any(|l| r == format!("{l}{sg}"));
+                    let matmul = |r: &str| ["_nt1", "_nt1l", "_nt1w", "_nt8", "_nt64"].iter().any(|l| r == format!("{l}{sg}"));
                     let expert = |r: &str| r.is_empty() || r == sg || r == format!("_grouped{sg}") || r == format!("_tiles64{sg}") || r == format!("_tiles32{sg}");
                     rest.is_some_and(|r| expert(r) || matmul(&r.replacen("_split", "", 1)))
                 });
