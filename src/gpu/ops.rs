@@ -120,11 +120,12 @@ impl Gpu {
         kernels::find(name).unwrap_or_else(|| panic!("no kernel named {name}")).name
     }
 
-    /// A kernel with a subgroup variant (the matrix kernels, the router): that one where subgroups are on.
+    /// A kernel that may have a subgroup variant (the matrix kernels but the tiled ones, which reduce nothing; the
+    /// router): that one where subgroups are on.
     fn matrix_kernel(&self, name: &str) -> &'static str {
-        match self.subgroups.get() {
-            true => self.kernel(&format!("{name}_sg")),
-            false => self.kernel(name),
+        match self.subgroups.get().then(|| kernels::find(&format!("{name}_sg"))).flatten() {
+            Some(k) => k.name,
+            None => self.kernel(name),
         }
     }
 
@@ -558,23 +559,20 @@ impl WeightsFrom for Gpu {
     fn weights_from(&self, host: &Weights) -> Result<Weights<Gpu>> {
         let weights = host.transfer(&mut &*self)?;
         // Every pipeline the forward pass will use, built now and in parallel rather than one by one on first use.
-        let sg = if self.subgroups.get() { "_sg" } else { "" };
+        // Weight kernels by their plain names (a stem and a layout, each also as a split), each built as the variant
+        // matrix_kernel runs; every other kernel as it is.
         let stems = self.weight_kernels.borrow();
-        let names: Vec<&'static str> = kernels::KERNELS
-            .iter()
-            .map(|k| k.name)
-            .filter(|n| {
-                let fixed = !["matmul_", "expert_", "embed_"].iter().any(|p| n.starts_with(p));
-                let of_weights = stems.iter().any(|stem| {
-                    let rest = n.strip_prefix(stem.as_str());
-                    // Matmuls per layout, each also as a split (`…_nt1_split`).
-                    let matmul = |r: &str| ["_nt1", "_nt1l", "_nt1w", "_nt8", "_nt64"].iter().any(|l| r == format!("{l}{sg}"));
-                    let expert = |r: &str| r.is_empty() || r == sg || r == format!("_grouped{sg}") || r == format!("_tiles64{sg}") || r == format!("_tiles32{sg}");
-                    rest.is_some_and(|r| expert(r) || matmul(&r.replacen("_split", "", 1)))
-                });
-                fixed || of_weights
-            })
-            .collect();
+        let layouts = ["", "_grouped", "_tiles64", "_tiles32", "_nt1", "_nt1l", "_nt1w", "_nt8", "_nt64"];
+        let mut names: Vec<&'static str> = Vec::new();
+        for name in kernels::KERNELS.iter().map(|k| k.name) {
+            if !["matmul_", "expert_", "embed_"].iter().any(|p| name.starts_with(p)) {
+                names.push(name);
+            } else if stems.iter().any(|stem| {
+                name.strip_prefix(stem.as_str()).is_some_and(|r| layouts.contains(&r.replacen("_split", "", 1).as_str()))
+            }) {
+                names.push(self.matrix_kernel(name));
+            }
+        }
         drop(stems);
         self.build_pipelines(&names);
         Ok(weights)
