@@ -516,7 +516,7 @@ impl Backend for Gpu {
 /// H100: routers 16.6 → 11.5 µs, 2,048 × 4,096 matrices 22 → 19 µs), 16 (8 tokens per pass) or 64 rows × 64 tokens
 /// (`nt64`, large prefills, formats that have it); see wgsl/matmul.wgsl. `wide`: whether `nt1w` may be used.
 /// Quantized decode over more than 2,048 columns stages x in one tile of 4,096 columns (`nt1l`): on the H100, 4,096²
-/// 10.4 → 8.6 µs; the tile of 2,048 stays for narrower rows, where the larger one measured 3% slower (lm_head).
+/// 10.4 → 8.6 µs; the tile of 2,048 stays for narrower rows, where the larger one measured 4% slower (lm_head).
 fn matmul_layout(rows: usize, cols: usize, t: usize, wide: bool, format: &str) -> (&'static str, (u32, u32, u32)) {
     let affine = format.starts_with('q');
     let (layout, rows_per_group, tokens_per_pass) = match t {
