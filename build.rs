@@ -1,6 +1,7 @@
 //! Renders the WGSL kernel templates in wgsl/ into their specialized variants (weight format, tokens per pass, op),
-//! checks each with naga (validation, and translation to MSL so Metal is checked on every build) and writes them
-//! to OUT_DIR with a table the binary embeds (src/gpu/kernels.rs). An invalid kernel is a build error.
+//! checks each with naga (validation, and translation to MSL and HLSL, so Metal and DX12 are checked on every
+//! build) and writes them to OUT_DIR with a table the binary embeds (src/gpu/kernels.rs). An invalid kernel is a
+//! build error.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

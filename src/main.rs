@@ -271,9 +271,14 @@ struct LoadArgs {
 }
 
 impl LoadArgs {
+    /// Whether these flags ask for streaming.
+    fn streams(&self) -> bool {
+        self.stream || self.gpu_mem.is_some() || self.ram_mem.is_some() || self.cache.is_some()
+    }
+
     /// Loads `dir` as these flags say.
     fn load(&self, dir: &std::path::Path) -> Result<Model> {
-        let explicit = self.stream || self.gpu_mem.is_some() || self.ram_mem.is_some() || self.cache.is_some();
+        let explicit = self.streams();
         let stream = explicit || floe::format::is_floe_dir(dir) && experts_exceed_half_the_ram(dir);
         let policy = self.cache.unwrap_or(if self.ram_mem.is_some() { CachePolicy::Lru } else { CachePolicy::Os });
         let options = LoadOptions {
@@ -556,8 +561,12 @@ fn load_for_generation(dir: Option<&std::path::Path>, load: &LoadArgs, what: &st
     let (model, tokenizer, template) = match dir {
         Some(dir) => (load.load(dir)?, generate::load_tokenizer(dir)?, ChatTemplate::for_model(dir)?),
         None => {
-            eprintln!("floe: no --model given: {what} the built-in default model (random weights: its text is meaningless)");
+            if load.streams() {
+                bail!("--stream, --gpu-mem, --ram-mem and --cache stream a floe model's experts from disk; the built-in default model has none there (give --model)");
+            }
             let (model, tokenizer) = floe::synthetic::default_model();
+            let model = model.with_k(load.k)?;
+            eprintln!("floe: no --model given: {what} the built-in default model (random weights: its text is meaningless)");
             (model, tokenizer, ChatTemplate::builtin())
         }
     };

@@ -55,6 +55,16 @@ fn default_model_generates_text() {
     assert!(!out.stdout.is_empty());
 }
 
+/// The built-in default model takes --k like any other and refuses the flags that stream experts from disk.
+#[test]
+fn default_model_takes_k_and_refuses_streaming_flags() {
+    assert_clean_error(&floe(&["--prompt", "Hi", "--k", "0"]), "--k 0 must be between 1 and the model's");
+    assert_clean_error(&floe(&["--prompt", "Hi", "--gpu-mem", "1G"]), "the built-in default model has none there");
+    let out = floe(&["--prompt", "Hi", "--tokens", "2", "--k", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("--k 1 is below the model's"), "{stderr}");
+}
+
 /// Sampled generation: the same seed gives the same text, another seed other text (on the CPU, where the
 /// logits are the reference's).
 #[test]

@@ -1,6 +1,6 @@
 //! Every GPU operation against its CPU twin (the CPU backend) on fresh random inputs, at several shapes including
 //! ones that are not multiples of the tile (16 rows, 32 columns), the group or the subgroup; and every rendered
-//! kernel through naga's validation and MSL translation. The seed is printed so a failure can be replayed
+//! kernel through naga's validation and MSL and HLSL translation. The seed is printed so a failure can be replayed
 //! (FLOE_TEST_SEED=...).
 //!
 //! Tolerances, as max |gpu − cpu| / max |cpu|: 2e-5 for operations that sum (matmul, norms, attention, the delta
@@ -488,10 +488,10 @@ fn sparse_moe_block_with_a_shared_expert() {
     }
 }
 
-/// The kernels the binary embeds all pass naga's validation and MSL translation (build.rs checked them when it
+/// The kernels the binary embeds all pass naga's validation and MSL and HLSL translation (build.rs checked them when it
 /// rendered them; this proves it on what was embedded), and every template produced at least one.
 #[test]
-fn every_rendered_kernel_validates_and_translates_to_msl() {
+fn every_rendered_kernel_validates_and_translates_to_msl_and_hlsl() {
     mod check {
         include!("../src/gpu/shader_check.rs");
     }

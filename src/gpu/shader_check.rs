@@ -1,5 +1,6 @@
 // Checks one rendered WGSL kernel with naga: parse, validate with the capabilities floe's device asks for, and
-// translate to MSL (so a kernel Metal cannot take fails on every Linux build). Returns the kernel's bindings.
+// translate to MSL and to HLSL, as wgpu does for Metal and DX12 (so a kernel either cannot take fails on every Linux
+// build; the drivers' own compilers still run only there). Returns the kernel's bindings.
 //
 // Shared, through `include!`, by build.rs (every kernel is checked at build time: an invalid shader is a build
 // error) and by tests/kernels.rs (which proves it again on the sources the binary embeds).
@@ -26,6 +27,17 @@ pub fn check_kernel(source: &str) -> Result<Vec<BindingInfo>, String> {
     };
     naga::back::msl::write_string(&module, &info, &options, &naga::back::msl::PipelineOptions::default())
         .map_err(|e| format!("MSL translation failed: {e}"))?;
+    // Shader model 6.2: wave operations (subgroups) and 16-bit types; immediates as root constants, as wgpu's DX12
+    // backend binds them.
+    let options = naga::back::hlsl::Options {
+        shader_model: naga::back::hlsl::ShaderModel::V6_2,
+        immediates_target: Some(naga::back::hlsl::BindTarget::default()),
+        ..Default::default()
+    };
+    let mut hlsl = String::new();
+    naga::back::hlsl::Writer::new(&mut hlsl, &options, &naga::back::hlsl::PipelineOptions::default())
+        .write(&module, &info, None)
+        .map_err(|e| format!("HLSL translation failed: {e}"))?;
     let mut bindings = Vec::new();
     for (_, var) in module.global_variables.iter() {
         if let (Some(rb), naga::AddressSpace::Storage { access }) = (&var.binding, var.space) {

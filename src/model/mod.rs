@@ -59,9 +59,13 @@ impl Model {
     }
 
     pub fn load_with(dir: &Path, options: &LoadOptions) -> Result<Model> {
-        let mut model = Model::load_weights(dir, options)?;
-        if let Some(k) = options.k {
-            let c = &mut model.config;
+        Model::load_weights(dir, options)?.with_k(options.k)
+    }
+
+    /// The model with `k` experts per token instead of its own (`--k`; none: its own).
+    pub fn with_k(mut self, k: Option<usize>) -> Result<Model> {
+        if let Some(k) = k {
+            let c = &mut self.config;
             if k == 0 || k > c.num_experts {
                 bail!("--k {k} must be between 1 and the model's {} experts", c.num_experts);
             }
@@ -73,7 +77,7 @@ impl Model {
             }
             c.experts_per_token = k;
         }
-        Ok(model)
+        Ok(self)
     }
 
     fn load_weights(dir: &Path, options: &LoadOptions) -> Result<Model> {
