@@ -388,6 +388,11 @@ pub fn matmul(x: &[f32], t: usize, w: &Matrix) -> Vec<f32> {
         },
         Matrix::Affine { .. } => None,
     };
+    if t == 1 {
+        if let Some(y) = matvec_q4(x, w) {
+            return y;
+        }
+    }
     let rows_per_task = (out / (rayon::current_num_threads() * 8)).clamp(1, 64);
     // Computed as [out, t] so each task owns whole weight rows, then transposed.
     let mut yt = vec![0f32; out * t];
@@ -417,6 +422,63 @@ pub fn matmul(x: &[f32], t: usize, w: &Matrix) -> Vec<f32> {
         }
     }
     y
+}
+
+/// `x · wᵀ` for one token and a 4-bit matrix whose groups hold whole blocks of 64 values (groups of 64 or 128: the
+/// usual MLX formats), without dequantizing rows: per group, `s·Σ q·x + b·Σ x`. A block is 8 words, and value i of
+/// every word is at the same shift, so x is first regrouped as `[block][i][k] = x[64·block + 8·k + i]`: then each
+/// shift of the 8 words lines up with 8 consecutive x values, and the compiler vectorizes it without shuffles
+/// (decode of a 4-bit model: docs/PERF.md, "CPU decode of 4-bit models"). None for other matrices.
+fn matvec_q4(x: &[f32], w: &Matrix) -> Option<Vec<f32>> {
+    let Matrix::Affine { words, scales, biases, format, shape } = w else { return None };
+    let (rows, cols) = (shape[0], shape[1]);
+    if format.bits != 4 || format.group % 64 != 0 {
+        return None;
+    }
+    let Elems::U32(words) = words.elems() else { return None };
+    let (scales, biases) = (scales.elems(), biases.elems());
+    let (groups, blocks_per_group) = (cols / format.group, format.group / 64);
+    let mut regrouped = vec![[0f32; 8]; cols / 8];
+    for (b, block) in regrouped.chunks_exact_mut(8).enumerate() {
+        for (i, lane) in block.iter_mut().enumerate() {
+            for (k, v) in lane.iter_mut().enumerate() {
+                *v = x[64 * b + 8 * k + i];
+            }
+        }
+    }
+    let x_sums: Vec<f32> = x.chunks(format.group).map(|g| g.iter().sum()).collect();
+    let mut y = vec![0f32; rows];
+    y.par_chunks_mut(64).enumerate().for_each(|(chunk, ys)| {
+        for (j, y) in ys.iter_mut().enumerate() {
+            let r = chunk * 64 + j;
+            let row = &words[r * cols / 8..(r + 1) * cols / 8];
+            let mut sum = 0f32;
+            for g in 0..groups {
+                // Four accumulators of 8 lanes, so that consecutive shifts do not wait for each other.
+                let mut acc = [[0f32; 8]; 4];
+                for b in g * blocks_per_group..(g + 1) * blocks_per_group {
+                    let block: &[u32; 8] = row[b * 8..b * 8 + 8].try_into().unwrap();
+                    let xs: &[[f32; 8]] = &regrouped[b * 8..b * 8 + 8];
+                    for (i, lane) in xs.iter().enumerate() {
+                        for k in 0..8 {
+                            acc[i % 4][k] += ((block[k] >> (4 * i)) & 15) as f32 * lane[k];
+                        }
+                    }
+                }
+                let mut qx = [0f32; 8];
+                for a in &acc {
+                    for k in 0..8 {
+                        qx[k] += a[k];
+                    }
+                }
+                let qx: f32 = qx.iter().sum();
+                let at = r * groups + g;
+                sum += scales.get_f32(at) * qx + biases.get_f32(at) * x_sums[g];
+            }
+            *y = sum;
+        }
+    });
+    Some(y)
 }
 
 /// Dot product with eight independent accumulators (lets the compiler vectorize without reassociating).

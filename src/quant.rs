@@ -79,10 +79,39 @@ pub fn dequantize_row(
     bias: impl Fn(usize) -> f32,
     out: &mut [f32],
 ) {
-    for (g, chunk) in out.chunks_mut(f.group).enumerate() {
+    match f.bits {
+        2 => dequantize_whole_words::<2>(words, f.group, scale, bias, out),
+        4 => dequantize_whole_words::<4>(words, f.group, scale, bias, out),
+        8 => dequantize_whole_words::<8>(words, f.group, scale, bias, out),
+        _ => {
+            for (g, chunk) in out.chunks_mut(f.group).enumerate() {
+                let (s, b) = (scale(g), bias(g));
+                for (i, o) in chunk.iter_mut().enumerate() {
+                    *o = s * get(words, g * f.group + i, f.bits) as f32 + b;
+                }
+            }
+        }
+    }
+}
+
+/// dequantize_row for widths whose values never straddle words (2, 4, 8 bits): a word's 32 / BITS values at
+/// constant shifts, which the compiler unrolls and vectorizes (the same values as `get`, bit for bit; the CPU
+/// decode of a 4-bit model spends most of its time here: docs/PERF.md, "CPU decode of 4-bit models").
+fn dequantize_whole_words<const BITS: usize>(
+    words: &[u32],
+    group: usize,
+    scale: impl Fn(usize) -> f32,
+    bias: impl Fn(usize) -> f32,
+    out: &mut [f32],
+) {
+    let per_word = 32 / BITS;
+    let mask = (1u32 << BITS) - 1;
+    for (g, (chunk, group_words)) in out.chunks_mut(group).zip(words.chunks(group / per_word)).enumerate() {
         let (s, b) = (scale(g), bias(g));
-        for (i, o) in chunk.iter_mut().enumerate() {
-            *o = s * get(words, g * f.group + i, f.bits) as f32 + b;
+        for (values, &word) in chunk.chunks_exact_mut(per_word).zip(group_words) {
+            for (i, o) in values.iter_mut().enumerate() {
+                *o = s * ((word >> (i * BITS)) & mask) as f32 + b;
+            }
         }
     }
 }

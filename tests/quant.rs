@@ -1,5 +1,6 @@
 //! floe's quantizer against `mx.quantize` (vectors made by tools/make_fixtures.py with mlx): the same packed words,
-//! scales and biases, bit for bit, for every bits × group size, from f32 and bf16 inputs.
+//! scales and biases, bit for bit, for every bits × group size, from f32 and bf16 inputs; and the CPU's quantized
+//! matvec against the dequantized rows.
 
 mod common;
 
@@ -56,4 +57,27 @@ fn quantizer_matches_mlx_bit_for_bit() {
         }
     }
     assert_eq!(cases, 30);
+}
+
+/// The CPU's one-token 4-bit matvec (which never dequantizes a row) against the dequantized rows' dot products,
+/// on random matrices of both group sizes it takes and random inputs; and the 8-bit path (rows dequantized) too.
+#[test]
+fn cpu_quantized_matvec_equals_dequantized_rows() {
+    use floe::convert::quantize_matrix;
+    use floe::tensor::{Matrix, Tensor};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for (bits, group, rows, cols) in [(4, 64, 37, 384), (4, 128, 5, 1024), (4, 64, 130, 64), (8, 64, 9, 192)] {
+        let values: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let m = quantize_matrix(&Matrix::Dense(Tensor::from_f32(vec![rows, cols], values)), QuantFormat::new(bits, group).unwrap());
+        let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let y = floe::cpu::matmul(&x, 1, &m);
+        let mut row = vec![0f32; cols];
+        for (r, &got) in y.iter().enumerate() {
+            m.row_f32(r, &mut row);
+            let want: f64 = row.iter().zip(&x).map(|(w, x)| *w as f64 * *x as f64).sum();
+            let scale: f64 = row.iter().zip(&x).map(|(w, x)| (*w as f64 * *x as f64).abs()).sum();
+            assert!((got as f64 - want).abs() <= 1e-5 * scale, "q{bits}g{group} [{rows}x{cols}] row {r}: {got} vs {want}");
+        }
+    }
 }
