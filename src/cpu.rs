@@ -389,7 +389,7 @@ pub fn matmul(x: &[f32], t: usize, w: &Matrix) -> Vec<f32> {
         Matrix::Affine { .. } => None,
     };
     if t == 1 {
-        if let Some(y) = matvec_q4(x, w) {
+        if let Some(y) = matvec_affine(x, w) {
             return y;
         }
     }
@@ -424,46 +424,67 @@ pub fn matmul(x: &[f32], t: usize, w: &Matrix) -> Vec<f32> {
     y
 }
 
-/// `x · wᵀ` for one token and a 4-bit matrix whose groups hold whole blocks of 64 values (groups of 64 or 128: the
-/// usual MLX formats), without dequantizing rows: per group, `s·Σ q·x + b·Σ x`. A block is 8 words, and value i of
-/// every word is at the same shift, so x is first regrouped as `[block][i][k] = x[64·block + 8·k + i]`: then each
-/// shift of the 8 words lines up with 8 consecutive x values, and the compiler vectorizes it without shuffles
-/// (decode of a 4-bit model: docs/PERF.md, "CPU decode of 4-bit models"). None for other matrices.
-fn matvec_q4(x: &[f32], w: &Matrix) -> Option<Vec<f32>> {
+/// `x · wᵀ` for one token and a 2-, 4- or 8-bit matrix whose groups hold whole blocks of 8 words (the usual MLX
+/// formats: 4 bits with groups of 64 or 128, 8 bits with 32, 64 or 128, 2 bits with 128), without dequantizing rows:
+/// per group, `s·Σ q·x + b·Σ x`. Value i of every word of a block is at the same shift, so x is first regrouped as
+/// `[block][i][k] = x[block·8·V + V·k + i]` (V values per word): then each shift of the 8 words lines up with 8
+/// consecutive x values, and the compiler vectorizes it without shuffles (docs/PERF.md, "CPU decode of 4-bit
+/// models"). None for other matrices.
+fn matvec_affine(x: &[f32], w: &Matrix) -> Option<Vec<f32>> {
+    let Matrix::Affine { format, .. } = w else { return None };
+    match format.bits {
+        2 => matvec_whole_words::<2>(x, w),
+        4 => matvec_whole_words::<4>(x, w),
+        8 => matvec_whole_words::<8>(x, w),
+        _ => None,
+    }
+}
+
+fn matvec_whole_words<const BITS: usize>(x: &[f32], w: &Matrix) -> Option<Vec<f32>> {
     let Matrix::Affine { words, scales, biases, format, shape } = w else { return None };
     let (rows, cols) = (shape[0], shape[1]);
-    if format.bits != 4 || format.group % 64 != 0 {
+    let per_word = 32 / BITS;
+    let block = 8 * per_word;
+    if format.group % block != 0 {
         return None;
     }
     let Elems::U32(words) = words.elems() else { return None };
     let (scales, biases) = (scales.elems(), biases.elems());
-    let (groups, blocks_per_group) = (cols / format.group, format.group / 64);
     let mut regrouped = vec![[0f32; 8]; cols / 8];
-    for (b, block) in regrouped.chunks_exact_mut(8).enumerate() {
-        for (i, lane) in block.iter_mut().enumerate() {
+    for (b, values) in regrouped.chunks_exact_mut(per_word).enumerate() {
+        for (i, lane) in values.iter_mut().enumerate() {
             for (k, v) in lane.iter_mut().enumerate() {
-                *v = x[64 * b + 8 * k + i];
+                *v = x[b * block + per_word * k + i];
             }
         }
     }
     let x_sums: Vec<f32> = x.chunks(format.group).map(|g| g.iter().sum()).collect();
-    let q4 = Q4Rows { words, cols, groups, blocks_per_group, regrouped: &regrouped, x_sums: &x_sums, scales, biases };
+    let rows_of = WholeWordRows::<BITS> {
+        words,
+        words_per_row: cols / per_word,
+        groups: cols / format.group,
+        blocks_per_group: format.group / block,
+        regrouped: &regrouped,
+        x_sums: &x_sums,
+        scales,
+        biases,
+    };
     let mut y = vec![0f32; rows];
     y.par_chunks_mut(64).enumerate().for_each(|(chunk, ys)| {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (detected just above).
-            return unsafe { q4.run_avx2(chunk * 64, ys) };
+            return unsafe { rows_of.run_avx2(chunk * 64, ys) };
         }
-        q4.run(chunk * 64, ys)
+        rows_of.run(chunk * 64, ys)
     });
     Some(y)
 }
 
-/// What matvec_q4's row tasks share.
-struct Q4Rows<'a> {
+/// What matvec_whole_words' row tasks share.
+struct WholeWordRows<'a, const BITS: usize> {
     words: &'a [u32],
-    cols: usize,
+    words_per_row: usize,
     groups: usize,
     blocks_per_group: usize,
     regrouped: &'a [[f32; 8]],
@@ -472,23 +493,25 @@ struct Q4Rows<'a> {
     biases: Elems<'a>,
 }
 
-impl Q4Rows<'_> {
+impl<const BITS: usize> WholeWordRows<'_, BITS> {
     /// Rows `first..` into `ys`.
     #[inline(always)]
     fn run(&self, first: usize, ys: &mut [f32]) {
+        let per_word = 32 / BITS;
+        let mask = (1u32 << BITS) - 1;
         for (j, y) in ys.iter_mut().enumerate() {
             let r = first + j;
-            let row = &self.words[r * self.cols / 8..(r + 1) * self.cols / 8];
+            let row = &self.words[r * self.words_per_row..(r + 1) * self.words_per_row];
             let mut sum = 0f32;
             for g in 0..self.groups {
                 // Four accumulators of 8 lanes, so that consecutive shifts do not wait for each other.
                 let mut acc = [[0f32; 8]; 4];
                 for b in g * self.blocks_per_group..(g + 1) * self.blocks_per_group {
                     let block: &[u32; 8] = row[b * 8..b * 8 + 8].try_into().unwrap();
-                    let xs: &[[f32; 8]] = &self.regrouped[b * 8..b * 8 + 8];
+                    let xs = &self.regrouped[b * per_word..(b + 1) * per_word];
                     for (i, lane) in xs.iter().enumerate() {
                         for k in 0..8 {
-                            acc[i % 4][k] += ((block[k] >> (4 * i)) & 15) as f32 * lane[k];
+                            acc[i % 4][k] += ((block[k] >> (BITS * i)) & mask) as f32 * lane[k];
                         }
                     }
                 }

@@ -59,15 +59,17 @@ fn quantizer_matches_mlx_bit_for_bit() {
     assert_eq!(cases, 30);
 }
 
-/// The CPU's one-token 4-bit matvec (which never dequantizes a row) against the dequantized rows' dot products,
-/// on random matrices of both group sizes it takes and random inputs; and the 8-bit path (rows dequantized) too.
+/// The CPU's one-token matvec of 2-, 4- and 8-bit matrices (which never dequantizes a row) against the dequantized
+/// rows' dot products, on random matrices of the group sizes it takes and random inputs; and a 3-bit one (rows
+/// dequantized) too.
 #[test]
 fn cpu_quantized_matvec_equals_dequantized_rows() {
     use floe::convert::quantize_matrix;
     use floe::tensor::{Matrix, Tensor};
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    for (bits, group, rows, cols) in [(4, 64, 37, 384), (4, 128, 5, 1024), (4, 64, 130, 64), (8, 64, 9, 192)] {
+    let cases = [(4, 64, 37, 384), (4, 128, 5, 1024), (4, 64, 130, 64), (8, 32, 9, 192), (8, 128, 70, 256), (2, 128, 3, 384), (3, 64, 9, 192)];
+    for (bits, group, rows, cols) in cases {
         let values: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
         let m = quantize_matrix(&Matrix::Dense(Tensor::from_f32(vec![rows, cols], values)), QuantFormat::new(bits, group).unwrap());
         let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
