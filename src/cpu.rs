@@ -376,10 +376,16 @@ pub fn delta_rule(
 }
 
 /// `x [t, in] · wᵀ` for `w [out, in]` in any stored dtype: returns `[t, out]`. Each weight row is read once (and
-/// converted to f32 once) for all `t` tokens, so a batched prefill costs one pass over the weights.
+/// converted to f32 once) for all `t` tokens, so a batched prefill costs one pass over the weights; one token of a
+/// 2-, 4- or 8-bit matrix skips the conversion (matvec_affine).
 pub fn matmul(x: &[f32], t: usize, w: &Matrix) -> Vec<f32> {
     let &[out, inp] = w.shape() else { panic!("matmul: weight shape {:?} is not 2-D", w.shape()) };
     assert_eq!(x.len(), t * inp, "matmul: input of {} values for {t} tokens × {inp}", x.len());
+    if t == 1 {
+        if let Some(y) = matvec_affine(x, w) {
+            return y;
+        }
+    }
     // f32 weights are read in place; everything else is converted (or dequantized) one row at a time.
     let dense_f32 = match w {
         Matrix::Dense(tensor) => match tensor.elems() {
@@ -388,11 +394,6 @@ pub fn matmul(x: &[f32], t: usize, w: &Matrix) -> Vec<f32> {
         },
         Matrix::Affine { .. } => None,
     };
-    if t == 1 {
-        if let Some(y) = matvec_affine(x, w) {
-            return y;
-        }
-    }
     let rows_per_task = (out / (rayon::current_num_threads() * 8)).clamp(1, 64);
     // Computed as [out, t] so each task owns whole weight rows, then transposed.
     let mut yt = vec![0f32; out * t];
