@@ -20,17 +20,20 @@ COLS = 4096
 MASKS = "vec4<u32>(15u, 240u, 3840u, 61440u)"
 
 
-def kernel(rows=4, groups=8, lanes=32, fill="unrolled", depth=1, mode="full", chains=1, convert=False):
+def kernel(rows=4, groups=8, lanes=32, fill="unrolled", depth=1, mode="full", chains=1, convert=False,
+           vec4_loads=True, unrolled=True):
     """rows per thread, row groups and lanes per workgroup; fill: the x tile's fill "loop" or "unrolled"; depth:
     units loaded ahead (1, or all of a lane's); mode: "full", "alu" (no weight loads: words made from the index)
     or "mem" (no unpacking: the words folded into one dot per unit); chains: independent FMA chains per unit and
-    row; convert: integer-to-float conversions instead of the float trick."""
+    row; convert: integer-to-float conversions instead of the float trick; vec4_loads: a unit's 4 words in one
+    load (else 4); unrolled: a lane's units one after another in the source (else a loop, each unit loaded when
+    its turn comes)."""
     units = COLS // 32 // lanes
     o = []
     e = o.append
     e("struct P { rows: u32, cols: u32, s: u32, b: u32, }")
     e("var<immediate> p: P;")
-    e("@group(0) @binding(0) var<storage, read> wq: array<vec4<u32>>;")
+    e(f"@group(0) @binding(0) var<storage, read> wq: array<{'vec4<u32>' if vec4_loads else 'u32'}>;")
     e("@group(0) @binding(1) var<storage, read> sb: array<u32>;")
     e("@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;")
     e("@group(0) @binding(3) var<storage, read_write> y: array<f32>;")
@@ -46,12 +49,16 @@ def kernel(rows=4, groups=8, lanes=32, fill="unrolled", depth=1, mode="full", ch
         e(f"    let rw{r} = min(row0 + {r}u, p.rows - 1u);")
 
     def load(k):
-        e(f"    let u{k} = min(lid.x + {k}u * {lanes}u, units - 1u);")
+        step = k if isinstance(k, str) else f"{k}u"
+        e(f"    let u{k} = min(lid.x + {step} * {lanes}u, units - 1u);")
         for r in range(rows):
             if mode == "alu":
                 e(f"    let w{r}_{k} = vec4<u32>(rw{r} * 0x9e3779b9u + u{k}) * vec4<u32>(3u, 5u, 7u, 11u);")
-            else:
+            elif vec4_loads:
                 e(f"    let w{r}_{k} = wq[rw{r} * units + u{k}];")
+            else:
+                words = ", ".join(f"wq[(rw{r} * units + u{k}) * 4u + {c}u]" for c in range(4))
+                e(f"    let w{r}_{k} = vec4<u32>({words});")
             e(f"    let s{r}_{k} = bf(p.s + rw{r} * (p.cols / 64u) + u{k} / 2u);")
             e(f"    let b{r}_{k} = bf(p.b + rw{r} * (p.cols / 64u) + u{k} / 2u);")
 
@@ -74,7 +81,8 @@ def kernel(rows=4, groups=8, lanes=32, fill="unrolled", depth=1, mode="full", ch
     def sums(k):
         e("    {")
         e(f"        let u = u{k};")
-        e(f"        let valid = lid.x + {k}u * {lanes}u < units;")
+        step = k if isinstance(k, str) else f"{k}u"
+        e(f"        let valid = lid.x + {step} * {lanes}u < units;")
         for j in range(8):
             e(f"        let x{j} = xt[u * 8u + ((u & 7u) ^ {j}u)];")
         powers = "1.0" if convert else "1.0, 16.0, 256.0, 4096.0"
@@ -108,7 +116,13 @@ def kernel(rows=4, groups=8, lanes=32, fill="unrolled", depth=1, mode="full", ch
             e("        }")
         e("    }")
 
-    if depth >= units:
+    if not unrolled:
+        fill_tile()
+        e(f"    for (var k = 0u; k < {units}u; k++) {{")
+        load("k")
+        sums("k")
+        e("    }")
+    elif depth >= units:
         fill_tile()
         for k in range(units):
             load(k)
@@ -149,6 +163,9 @@ VARIANTS = {
     "lanes128": dict(lanes=128, groups=2),
     "rows2": dict(rows=2),
     "rows8": dict(rows=8, groups=4),
+    "scalar_loads": dict(vec4_loads=False),
+    "loop": dict(unrolled=False),
+    "loop_scalar_loads": dict(unrolled=False, vec4_loads=False),
 }
 
 

@@ -6,7 +6,7 @@
    per workgroup, so that more workgroups run); prefill: 2 rows for 8 tokens (16 rows per workgroup; 1 row was
    1.5× slower, 4 rows × 32 lanes × 4 no faster: docs/PERF.md); nt64: tiles in workgroup memory (below). `long`:
    the decode of quantized rows longer than 2,048 columns stages x 4,096 columns at a time (one tile, one fill for
-   a 4,096-column row; 20 KiB of workgroup memory with the partial sums). #}
+   a 4,096-column row; 20 KiB of workgroup memory with the partial sums), its 4 units per lane unrolled. #}
 {% set tiled = nt == 1 and not wide and fmt.kind == "affine" %}
 {% set rows, lanes, groups = (1, 64, 4) if wide else ((4, 32, 8 if tiled else 4) if nt == 1 else (2, 16, 8)) %}
 {# A word per step (matvec.wgsl) where it measured faster on the H100 (docs/PERF.md): prefill, 3.7× (each unit's
@@ -124,7 +124,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 {% endfor %}
 {{ accumulators(rows, nt) }}
 {% if tiled %}
-{{ tiled_units(fmt, [["m", "min(row0, p.rows - 1u)"], ["m", "min(row0 + 1u, p.rows - 1u)"], ["m", "min(row0 + 2u, p.rows - 1u)"], ["m", "min(row0 + 3u, p.rows - 1u)"]], 4 if long else 2) }}
+{{ tiled_units(fmt, [["m", "min(row0, p.rows - 1u)"], ["m", "min(row0 + 1u, p.rows - 1u)"], ["m", "min(row0 + 2u, p.rows - 1u)"], ["m", "min(row0 + 3u, p.rows - 1u)"]], 4 if long else 2, steps=4 if long else 0) }}
 {% else %}
 {% call for_units(fmt, words) %}
 {% for r in range(rows) %}

@@ -20,16 +20,16 @@ const SLOTS: u32 = {{ slots }}u;
 var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
 {% endmacro %}
 
-{# The 32 values q0..q31 of a unit of an affine format, unpacked from its words {words}0 .. {words}{bits - 1}. #}
-{% macro unit_values(fmt, words) %}
+{# The 32 values q0..q31 of a unit of an affine format, unpacked from its words {words}0{suffix} .. {words}{bits - 1}{suffix}. #}
+{% macro unit_values(fmt, words, suffix="") %}
 {% for i in range(32) %}
 {% set bit = i * fmt.bits %}
 {% set word = bit // 32 %}
 {% set shift = bit % 32 %}
 {% if shift + fmt.bits <= 32 %}
-            let q{{ i }} = f32(({{ words }}{{ word }} >> {{ shift }}u) & MASK);
+            let q{{ i }} = f32(({{ words }}{{ word }}{{ suffix }} >> {{ shift }}u) & MASK);
 {% else %}
-            let q{{ i }} = f32((({{ words }}{{ word }} >> {{ shift }}u) | ({{ words }}{{ word + 1 }} << {{ 32 - shift }}u)) & MASK);
+            let q{{ i }} = f32((({{ words }}{{ word }}{{ suffix }} >> {{ shift }}u) | ({{ words }}{{ word + 1 }}{{ suffix }} << {{ 32 - shift }}u)) & MASK);
 {% endif %}
 {% endfor %}
 {% endmacro %}
@@ -152,22 +152,24 @@ var<workgroup> partial: array<f32, {{ lanes * groups * slots }}>;
    `preload`: chunks of LANES units, whose weights each thread loads before it helps fill
    the tile, so that a chunk costs one round of memory latency instead of the fill's and then the loads' (the
    expert down of 512 columns, one unit per lane: −13%); where a lane has several units (chunks of 64), loading
-   them all first measured slower (docs/PERF.md, "Weight loads before the tile"). #}
+   them all first measured slower (docs/PERF.md, "Weight loads before the tile"). `steps`: chunks of exactly
+   `steps` units per lane, unrolled, each unit's loads issued before the sums of the one before (one unit ahead,
+   after the tile's fill): on the H200 4,096² went 8.63 → 8.36 µs with 4 steps, but expert gate_up (4 rows × 4
+   steps) 14.7 → 17.8 µs and the 2,048-column input projections +3.5% with 2 (docs/PERF.md, "Units one ahead"),
+   so only the 4,096-column tile uses it. Otherwise a loop, a unit per iteration. #}
 {% macro x_tile(units) %}
 const TILE_UNITS: u32 = {{ units }}u;
 var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
 {% endmacro %}
 
-{% macro tiled_units(fmt, rows, fill, preload=false) %}
+{% macro tiled_units(fmt, rows, fill, preload=false, steps=0) %}
     const_assert TILE_UNITS * 8u <= {{ fill }}u * LANES * GROUPS;
     let units = p.cols / 32u;
     for (var c0 = 0u; c0 < units; c0 += TILE_UNITS) {
         let cend = min(units, c0 + TILE_UNITS);
 {% if preload %}
         const_assert TILE_UNITS == LANES;
-        let u = min(c0 + lid.x, cend - 1u);
-        let valid = c0 + lid.x < cend;
-{{ tile_unit_loads(fmt, rows) }}
+{{ tile_unit_loads(fmt, rows, 0) }}
 {% endif %}
 {% for j in range(fill) %}
         let xi{{ j }} = lid.y * LANES + lid.x + {{ j }}u * LANES * GROUPS;
@@ -181,34 +183,50 @@ var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
 {% endfor %}
         workgroupBarrier();
 {% if preload %}
-{{ tile_unit_sums(fmt, rows) }}
+{{ tile_unit_sums(fmt, rows, 0) }}
+{% elif steps %}
+        const_assert TILE_UNITS == {{ steps }}u * LANES;
+{{ tile_unit_loads(fmt, rows, 0) }}
+{% for k in range(1, steps) %}
+{{ tile_unit_loads(fmt, rows, k) }}
+{{ tile_unit_sums(fmt, rows, k - 1) }}
+{% endfor %}
+{{ tile_unit_sums(fmt, rows, steps - 1) }}
 {% else %}
         for (var u = c0 + lid.x; u < cend; u += LANES) {
-            let valid = true;
-{{ tile_unit_loads(fmt, rows) }}
-{{ tile_unit_sums(fmt, rows) }}
+            let u0 = u;
+            let valid0 = true;
+{{ tile_unit_loads(fmt, rows, 0, false) }}
+{{ tile_unit_sums(fmt, rows, 0) }}
         }
 {% endif %}
     }
 {% endmacro %}
 
-{# tiled_units' loads of unit `u` of each of `rows`: words w{r}_{k}, scale{r}, bias{r} ... #}
-{% macro tile_unit_loads(fmt, rows) %}
+{# tiled_units' loads of this lane's step `k` of the chunk (unit u{k} = c0 + lid.x + k·LANES, clamped into the
+   chunk, and valid{k}, unless `define` is false): words w{r}_{j}s{k}, scale{r}s{k}, bias{r}s{k} of each of
+   `rows` ... #}
+{% macro tile_unit_loads(fmt, rows, k, define=true) %}
+{% if define %}
+        let u{{ k }} = min(c0 + lid.x + {{ k }}u * LANES, cend - 1u);
+        let valid{{ k }} = c0 + lid.x + {{ k }}u * LANES < cend;
+{% endif %}
 {% for mat, row in rows %}
 {% set r = loop.index0 %}
-        let base{{ r }} = {{ mat }}.w + ({{ row }}) * ({{ mat }}.cols / 32u * BITS) + u * BITS;
-        let g{{ r }} = ({{ row }}) * ({{ mat }}.cols / GROUP) + u * 32u / GROUP;
-        let scale{{ r }} = {{ fmt.sdtype }}_at({{ mat }}.s + g{{ r }});
-        let bias{{ r }} = {{ fmt.sdtype }}_at({{ mat }}.b + g{{ r }});
-{% for k in range(fmt.bits) %}
-        let w{{ r }}_{{ k }} = w[base{{ r }} + {{ k }}u];
+        let base{{ r }}s{{ k }} = {{ mat }}.w + ({{ row }}) * ({{ mat }}.cols / 32u * BITS) + u{{ k }} * BITS;
+        let g{{ r }}s{{ k }} = ({{ row }}) * ({{ mat }}.cols / GROUP) + u{{ k }} * 32u / GROUP;
+        let scale{{ r }}s{{ k }} = {{ fmt.sdtype }}_at({{ mat }}.s + g{{ r }}s{{ k }});
+        let bias{{ r }}s{{ k }} = {{ fmt.sdtype }}_at({{ mat }}.b + g{{ r }}s{{ k }});
+{% for j in range(fmt.bits) %}
+        let w{{ r }}_{{ j }}s{{ k }} = w[base{{ r }}s{{ k }} + {{ j }}u];
 {% endfor %}
 {% endfor %}
 {% endmacro %}
 
-{# ... and their sums with unit `u` of x in the tile, added to acc{r}_0 when `valid`. #}
-{% macro tile_unit_sums(fmt, rows) %}
+{# ... and their sums with unit u{k} of x in the tile, added to acc{r}_0 when valid{k}. #}
+{% macro tile_unit_sums(fmt, rows, k) %}
         {
+            let u = u{{ k }};
 {% for j in range(8) %}
             let x{{ j }} = xt[(u - c0) * 8u + ((u & 7u) ^ {{ j }}u)];
 {% endfor %}
@@ -216,9 +234,9 @@ var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
 {% for mat, row in rows %}
 {% set r = loop.index0 %}
             {
-{{ unit_values(fmt, "w" ~ r ~ "_") }}
+{{ unit_values(fmt, "w" ~ r ~ "_", "s" ~ k) }}
 {{ unit_dot() }}
-                acc{{ r }}_0 += select(0.0, scale{{ r }} * qx + bias{{ r }} * xs, valid);
+                acc{{ r }}_0 += select(0.0, scale{{ r }}s{{ k }} * qx + bias{{ r }}s{{ k }} * xs, valid{{ k }});
             }
 {% endfor %}
         }
