@@ -42,8 +42,6 @@ pub trait Backend: Storage + Sized {
     fn rms_norm(&self, x: &Self::Act, weight: &Self::Vector, dim: usize, eps: f32) -> Self::Act;
     /// `hidden += x`, then RMSNorm of hidden's `dim`-long rows times `weight` (a residual add and the next norm).
     fn add_rms_norm(&self, hidden: &mut Self::Act, x: &Self::Act, weight: &Self::Vector, dim: usize, eps: f32) -> Self::Act;
-    /// RMSNorm of each `dim`-long row, times `weight`, times silu(z).
-    fn rms_norm_gated(&self, x: &Self::Act, weight: &Self::Vector, z: &Self::Act, dim: usize, eps: f32) -> Self::Act;
     /// Full attention's query and key heads made ready: `projected` (q_proj's output, `[t, nh, hd]`, or with the
     /// output gate `[t, nh, 2·hd]` of per-head [query | gate], the gate returned apart) and `k [t, nkv, hd]`,
     /// each head RMS-normed with `q_norm` or `k_norm`, then RoPE'd on its first `rotary_dim` dims, token i at
@@ -72,15 +70,19 @@ pub trait Backend: Storage + Sized {
         head_dim: usize,
         gate: Option<&Self::Act>,
     ) -> Result<Self::Act>;
-    /// Gated DeltaNet's causal conv + SiLU over `x [t, channels]`, then its recurrence (updating `state`):
-    /// `[t, hv·dv]`. `b` and `a` are `[t, hv]`.
+    /// Gated DeltaNet's causal conv + SiLU over `x [t, channels]`, then its recurrence (updating `state`), then
+    /// the gated RMSNorm of each value head's output: RMSNorm times `w.norm`, times silu(z): `[t, hv·dv]`. `z` is
+    /// `[t, hv·dv]`, `b` and `a` are `[t, hv]`.
+    #[allow(clippy::too_many_arguments)]
     fn gated_delta_net(
         &self,
         l: &LinearAttnConfig,
         w: &LinearAttnWeights<Self>,
         x: &Self::Act,
+        z: &Self::Act,
         b: &Self::Act,
         a: &Self::Act,
+        eps: f32,
         state: &mut Self::LinearState,
     ) -> Self::Act;
     /// `silu(gate) · up`, element-wise.
@@ -138,4 +140,7 @@ pub struct Counters {
     pub dispatches: u64,
     /// Times the CPU waited for the device (CPU↔GPU round trips).
     pub syncs: u64,
+    /// Time the CPU spent in those waits, in nanoseconds: the rest of a forward call's time is the CPU's own
+    /// (recording the work, sampling), during which the device may be idle.
+    pub wait_nanos: u64,
 }

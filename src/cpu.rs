@@ -88,12 +88,6 @@ impl Backend for Cpu {
         self.rms_norm(hidden, weight, dim, eps)
     }
 
-    fn rms_norm_gated(&self, x: &Vec<f32>, weight: &Vec<f32>, z: &Vec<f32>, dim: usize, eps: f32) -> Vec<f32> {
-        let mut y = self.rms_norm(x, weight, dim, eps);
-        y.iter_mut().zip(z).for_each(|(v, zv)| *v *= silu(*zv));
-        y
-    }
-
     fn attention_heads(
         &self,
         c: &ModelConfig,
@@ -148,12 +142,17 @@ impl Backend for Cpu {
         l: &LinearAttnConfig,
         w: &LinearAttnWeights,
         x: &Vec<f32>,
+        z: &Vec<f32>,
         b: &Vec<f32>,
         a: &Vec<f32>,
+        eps: f32,
         state: &mut LinearState,
     ) -> Vec<f32> {
         let conv = conv1d_silu(x, &w.conv1d, l.conv_channels(), l.conv_kernel, &mut state.conv);
-        delta_rule(l, &conv, b, a, &w.a_log, &w.dt_bias, &mut state.recurrent)
+        let mut out = delta_rule(l, &conv, b, a, &w.a_log, &w.dt_bias, &mut state.recurrent);
+        rms_norm(&mut out, l.value_head_dim, &w.norm, eps);
+        out.iter_mut().zip(z).for_each(|(v, zv)| *v *= silu(*zv));
+        out
     }
 
     fn swiglu(&self, gate: &Vec<f32>, up: &Vec<f32>) -> Vec<f32> {

@@ -746,6 +746,7 @@ impl Job for Bench {
             "decode_tok_s": args.gen_tokens as f64 / decode,
             "dispatches_per_token": (after.dispatches - before.dispatches) as f64 / n,
             "syncs_per_token": (after.syncs - before.syncs) as f64 / n,
+            "wait_ms_per_token": (after.wait_nanos - before.wait_nanos) as f64 / 1e6 / n,
             "streamed": model.store.is_some(),
             "expert_bytes_read": prefill_io.bytes_read + io.bytes_read,
             "prefill_expert_bytes_read": prefill_io.bytes_read,
@@ -767,7 +768,13 @@ impl Job for Bench {
                 println!("         again (fastest of {runs}): {:.1} ms, {:.1} tok/s", again * 1e3, args.prompt_tokens as f64 / again);
             }
             println!("decode:  {} tokens, {:.2} tok/s", args.gen_tokens, args.gen_tokens as f64 / decode);
-            println!("per decoded token: {} GPU dispatches, {} CPU↔GPU round trips", report["dispatches_per_token"], report["syncs_per_token"]);
+            println!(
+                "per decoded token: {} GPU dispatches, {} CPU↔GPU round trips, {:.2} of {:.2} ms waiting for the device",
+                report["dispatches_per_token"],
+                report["syncs_per_token"],
+                report["wait_ms_per_token"].as_f64().unwrap_or(0.0),
+                decode * 1e3 / n
+            );
             if model.store.is_some() {
                 let runs = if args.prefill_runs > 1 { format!(" in {} runs", args.prefill_runs) } else { String::new() };
                 println!("streaming: prefill read {:.2} GB{runs}; decode {}", prefill_io.bytes_read as f64 / 1e9, describe_io(&io, n, decode));

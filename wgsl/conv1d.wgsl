@@ -1,11 +1,13 @@
-// Gated DeltaNet's causal depthwise conv over time, then SiLU, for t tokens x [t, channels] with the conv state
-// [kernel - 1, channels] (the previous inputs); the state is updated to the last kernel - 1 inputs. Tap
-// kernel - 1 multiplies the current token. One thread per channel.
+// Gated DeltaNet's causal depthwise conv over time, then SiLU, for t tokens x [t, channels] at positions pos …
+// pos + t − 1. The conv state is a ring of `kernel` rows of past inputs, the input at position P in row P mod kernel
+// (as wgsl/delta_step.wgsl, the decode step, reads and writes it); before the first position, inputs are zero.
+// Tap kernel − 1 multiplies the current token. One thread per channel.
 
 struct Params {
     t: u32,
     channels: u32,
     kernel: u32,
+    pos: u32,
 }
 var<immediate> p: Params;
 
@@ -16,12 +18,15 @@ var<immediate> p: Params;
 
 {% include "common.wgsl" %}
 
-// Row r of [state; x] for this channel.
-fn padded(r: u32, ch: u32) -> f32 {
-    if (r < p.kernel - 1u) {
-        return state[r * p.channels + ch];
+// The input at position pos − (kernel − 1) + u (u shifted to stay unsigned) for this channel.
+fn input(u: u32, ch: u32) -> f32 {
+    if (u >= p.kernel - 1u) {
+        return x[(u - (p.kernel - 1u)) * p.channels + ch];
     }
-    return x[(r - (p.kernel - 1u)) * p.channels + ch];
+    if (p.pos + u < p.kernel - 1u) {
+        return 0.0;
+    }
+    return state[((p.pos + u - (p.kernel - 1u)) % p.kernel) * p.channels + ch];
 }
 
 @compute @workgroup_size(64)
@@ -30,32 +35,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (ch >= p.channels) {
         return;
     }
-    if (p.t == 1u && p.kernel == 4u) {
-        // A decode step with Qwen3.5's 4 taps: every load issued before any is used (the loop below waits for
-        // each in turn, and one workgroup's time is those rounds of latency).
-        let s0 = state[ch];
-        let s1 = state[p.channels + ch];
-        let s2 = state[2u * p.channels + ch];
-        let x0 = x[ch];
-        let w0 = weight[ch * 4u];
-        let w1 = weight[ch * 4u + 1u];
-        let w2 = weight[ch * 4u + 2u];
-        let w3 = weight[ch * 4u + 3u];
-        y[ch] = silu(((w0 * s0 + w1 * s1) + w2 * s2) + w3 * x0);
-        state[ch] = s1;
-        state[p.channels + ch] = s2;
-        state[2u * p.channels + ch] = x0;
-        return;
-    }
     for (var i = 0u; i < p.t; i++) {
         var sum = 0.0;
         for (var j = 0u; j < p.kernel; j++) {
-            sum += weight[ch * p.kernel + j] * padded(i + j, ch);
+            sum += weight[ch * p.kernel + j] * input(i + j, ch);
         }
         y[i * p.channels + ch] = silu(sum);
     }
-    // Ascending r reads row t + r > r before it is overwritten.
-    for (var r = 0u; r + 1u < p.kernel; r++) {
-        state[r * p.channels + ch] = padded(p.t + r, ch);
+    // The last inputs into the ring, after every read of it.
+    for (var i = max(p.t, p.kernel) - p.kernel; i < p.t; i++) {
+        state[((p.pos + i) % p.kernel) * p.channels + ch] = x[i * p.channels + ch];
     }
 }

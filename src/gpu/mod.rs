@@ -23,6 +23,10 @@ pub use ops::{GpuExperts, GpuMatrix};
 /// Bytes of immediate data (push constants) every kernel may use for its parameters.
 const IMMEDIATE_BYTES: u32 = 64;
 
+/// Storage buffers the kernel with the most binds (a Gated DeltaNet decode step, wgsl/delta_step.wgsl). Desktop
+/// GPUs offer far more; WebGPU's minimum is 8.
+const STORAGE_BINDINGS: u32 = 11;
+
 /// Bytes of workgroup memory the largest kernel declares: the decode matmul's x tile of 4,096 columns (16 KiB) and
 /// its partial sums (4 KiB). Desktop GPUs offer 32 KiB or more; WebGPU's minimum is 16 KiB.
 const WORKGROUP_BYTES: u32 = 20 << 10;
@@ -53,6 +57,7 @@ pub struct Gpu {
     /// Dispatches recorded and CPU↔GPU waits, since the start (for `--timing`; see `Backend::counters`).
     dispatches: Cell<u64>,
     syncs: Cell<u64>,
+    wait_nanos: Cell<u64>,
     profiler: RefCell<Option<Profiler>>,
     /// Whether the matrix kernels reduce with subgroup operations (`…_sg` variants): where the adapter has them.
     subgroups: Cell<bool>,
@@ -98,11 +103,18 @@ struct Recorder {
     pass: Option<wgpu::ComputePass<'static>>,
     /// Dispatches recorded since the last submission.
     recorded: u32,
+    /// Dispatches the next submission waits for: [`FIRST_SUBMIT`] after a wait for the device, doubling up to
+    /// [`SUBMIT_EVERY`].
+    batch: u32,
 }
 
 /// Dispatches recorded before they are submitted (without waiting), so the GPU starts on the first layers while
 /// the CPU records the rest of a forward pass.
 const SUBMIT_EVERY: u32 = 64;
+
+/// The first submission after a wait for the device, which is then idle: sooner than [`SUBMIT_EVERY`], whose
+/// dispatches take the CPU ~0.35 ms to record (H200 machine, 35B-A3B decode).
+const FIRST_SUBMIT: u32 = 8;
 
 /// Free activation buffers by size class.
 #[derive(Default)]
@@ -111,7 +123,7 @@ struct Pool {
 }
 
 /// Bind groups by kernel and the ids of the buffers they bind (at most 8; 0 after the last).
-type BindGroups = HashMap<(&'static str, [u64; 8]), wgpu::BindGroup>;
+type BindGroups = HashMap<(&'static str, [u64; STORAGE_BINDINGS as usize]), wgpu::BindGroup>;
 
 /// A GPU buffer with an identity (for the bind-group cache). Dropped, a pooled one goes back to the pool (its
 /// bind groups stay valid for its next use); any other takes its bind groups out of the cache, so per-call inputs
@@ -160,6 +172,13 @@ impl Gpu {
         if limits.max_immediate_size < IMMEDIATE_BYTES {
             bail!("GPU {} offers {} bytes of immediate data; floe needs {IMMEDIATE_BYTES}", info.name, limits.max_immediate_size);
         }
+        if limits.max_storage_buffers_per_shader_stage < STORAGE_BINDINGS {
+            bail!(
+                "GPU {} offers {} storage buffers per kernel; floe needs {STORAGE_BINDINGS}",
+                info.name,
+                limits.max_storage_buffers_per_shader_stage
+            );
+        }
         if limits.max_compute_workgroup_storage_size < WORKGROUP_BYTES {
             bail!(
                 "GPU {} offers {} bytes of workgroup memory; floe needs {WORKGROUP_BYTES}",
@@ -190,6 +209,7 @@ impl Gpu {
             next_id: Cell::new(1),
             dispatches: Cell::new(0),
             syncs: Cell::new(0),
+            wait_nanos: Cell::new(0),
             profiler: RefCell::new(None),
             subgroups: Cell::new(optional.contains(wgpu::Features::SUBGROUP)),
             staging: RefCell::new(None),
@@ -389,8 +409,8 @@ impl Gpu {
             return;
         }
         let p = self.pipeline(name);
-        let mut ids = [0u64; 8];
-        assert!(buffers.len() <= ids.len(), "{name}: more than 8 bindings");
+        let mut ids = [0u64; STORAGE_BINDINGS as usize];
+        assert!(buffers.len() <= ids.len(), "{name}: more than {STORAGE_BINDINGS} bindings");
         ids.iter_mut().zip(buffers).for_each(|(id, b)| *id = b.id);
         let key = (name, ids);
         let mut groups = self.bind_groups.borrow_mut();
@@ -423,12 +443,13 @@ impl Gpu {
         }
         self.dispatches.set(self.dispatches.get() + 1);
         rec.recorded += 1;
-        if rec.recorded >= SUBMIT_EVERY {
+        if rec.recorded >= rec.batch.clamp(FIRST_SUBMIT, SUBMIT_EVERY) {
             drop(rec.pass.take());
             if let Some(encoder) = rec.encoder.take() {
                 self.submit(encoder);
             }
             rec.recorded = 0;
+            rec.batch = (rec.batch * 2).clamp(FIRST_SUBMIT, SUBMIT_EVERY);
         }
     }
 
@@ -463,6 +484,16 @@ impl Gpu {
         self.remap.borrow_mut().push((buffer.clone(), mapped.clone()));
     }
 
+    /// Waits until the device has run everything submitted (a CPU↔GPU round trip), counting the wait.
+    fn wait_for_device(&self) -> Result<()> {
+        let start = std::time::Instant::now();
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
+        self.syncs.set(self.syncs.get() + 1);
+        self.recorder.borrow_mut().batch = FIRST_SUBMIT;
+        self.wait_nanos.set(self.wait_nanos.get() + start.elapsed().as_nanos() as u64);
+        Ok(())
+    }
+
     /// Submits what was recorded and copies the first `len` values of `buf` back (the one CPU↔GPU wait).
     fn read_back(&self, buf: &Buf, len: usize) -> Result<Vec<u8>> {
         Ok(self.read_back_all(&[(buf, len)])?.remove(0))
@@ -487,6 +518,7 @@ impl Gpu {
         drop(rec.pass.take());
         rec.recorded = 0;
         let mut encoder = rec.encoder.take().unwrap_or_else(|| self.device.create_command_encoder(&Default::default()));
+        drop(rec);
         for (&(buf, len), &offset) in parts.iter().zip(&at) {
             encoder.copy_buffer_to_buffer(&buf.buffer, 0, &staging, offset, (len * 4) as u64);
         }
@@ -516,8 +548,7 @@ impl Gpu {
         if let Some(out) = &timestamps {
             out.slice(..).map_async(wgpu::MapMode::Read, |_| {});
         }
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
-        self.syncs.set(self.syncs.get() + 1);
+        self.wait_for_device()?;
         if let (Some(out), Some(prof)) = (timestamps, profiler.as_mut()) {
             let view = out.slice(..).get_mapped_range().map_err(|e| anyhow!("reading GPU timestamps: {e}"))?;
             let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&view);

@@ -104,8 +104,11 @@ pub struct KvCache {
 }
 
 pub struct LinearState {
+    /// A ring of `kernel` rows of past inputs: position P in row P mod kernel (see wgsl/conv1d.wgsl).
     conv: Buf,
     recurrent: Buf,
+    /// Tokens run so far: the next position.
+    pos: usize,
 }
 
 impl Storage for Gpu {
@@ -195,8 +198,9 @@ impl Backend for Gpu {
 
     fn new_linear_state(&self, l: &LinearAttnConfig) -> Result<LinearState> {
         Ok(LinearState {
-            conv: self.zeros((l.conv_kernel - 1) * l.conv_channels())?,
+            conv: self.zeros(l.conv_kernel * l.conv_channels())?,
             recurrent: self.zeros(l.num_value_heads * l.key_head_dim * l.value_head_dim)?,
+            pos: 0,
         })
     }
 
@@ -210,7 +214,7 @@ impl Backend for Gpu {
     }
 
     fn copy_linear_state(&self, state: &LinearState) -> Result<LinearState> {
-        Ok(LinearState { conv: self.copy_of(&state.conv)?, recurrent: self.copy_of(&state.recurrent)? })
+        Ok(LinearState { conv: self.copy_of(&state.conv)?, recurrent: self.copy_of(&state.recurrent)?, pos: state.pos })
     }
 
     fn act(&self, values: &[f32]) -> Result<Act> {
@@ -286,14 +290,6 @@ impl Backend for Gpu {
         let rows = hidden.len / dim;
         let params = [dim as u32, eps.to_bits(), rows as u32];
         self.dispatch("add_rms_norm", &[&hidden.buf, weight, &x.buf, &out.buf], &params, rows_grid(rows));
-        out
-    }
-
-    fn rms_norm_gated(&self, x: &Act, weight: &Rc<Buf>, z: &Act, dim: usize, eps: f32) -> Act {
-        let out = self.empty(x.len);
-        let rows = x.len / dim;
-        let params = [dim as u32, eps.to_bits(), rows as u32];
-        self.dispatch("rms_norm_gated", &[&x.buf, weight, &z.buf, &out.buf], &params, rows_grid(rows));
         out
     }
 
@@ -374,22 +370,39 @@ impl Backend for Gpu {
         l: &LinearAttnConfig,
         w: &LinearAttnWeights<Gpu>,
         x: &Act,
+        z: &Act,
         b: &Act,
         a: &Act,
+        eps: f32,
         state: &mut LinearState,
     ) -> Act {
         let channels = l.conv_channels();
         let t = x.len / channels;
-        let conv = self.empty(x.len);
-        let params = [t as u32, channels as u32, l.conv_kernel as u32];
-        self.dispatch("conv1d", &[&x.buf, &w.conv1d, &state.conv, &conv.buf], &params, grid_1d(channels));
         let (hk, hv, dk, dv) = (l.num_key_heads, l.num_value_heads, l.key_head_dim, l.value_head_dim);
+        let (kernel, pos) = (l.conv_kernel as u32, state.pos as u32);
+        state.pos += t;
         let out = self.empty(t * hv * dv);
+        // A decode step in one dispatch where a workgroup of 256 holds a value head's state and the conv has at most
+        // 4 taps (see wgsl/delta_step.wgsl): Q threads per column, the most up to 4 with Q·dv ≤ 256, 64 rows each.
+        let q = (1..=4).rev().find(|q: &usize| q.is_power_of_two() && q * dv <= 256).unwrap_or(0);
+        if t == 1 && q > 0 && dk <= 64 * q && kernel <= 4 {
+            let params = [hk as u32, hv as u32, dk as u32, dv as u32, channels as u32, kernel, q as u32, pos, eps.to_bits()];
+            let buffers = [&x.buf, &z.buf, &b.buf, &a.buf, &*w.conv1d, &*w.a_log, &*w.dt_bias, &*w.norm, &state.conv, &state.recurrent, &out.buf];
+            self.dispatch("delta_step", &buffers, &params, (hv as u32, 1, 1));
+            return out;
+        }
+        let conv = self.empty(x.len);
+        let params = [t as u32, channels as u32, kernel, pos];
+        self.dispatch("conv1d", &[&x.buf, &w.conv1d, &state.conv, &conv.buf], &params, grid_1d(channels));
+        let recurrence = self.empty(t * hv * dv);
         // Threads per state column: each holds 32 of its dk rows (see wgsl/delta_rule.wgsl).
         let q = dk.div_ceil(32).next_power_of_two();
         let params = [t as u32, hk as u32, hv as u32, dk as u32, dv as u32, channels as u32, q as u32];
-        let buffers = [&conv.buf, &b.buf, &a.buf, &*w.a_log, &*w.dt_bias, &state.recurrent, &out.buf];
+        let buffers = [&conv.buf, &b.buf, &a.buf, &*w.a_log, &*w.dt_bias, &state.recurrent, &recurrence.buf];
         self.dispatch("delta_rule", &buffers, &params, (hv as u32, dv.div_ceil(64 / q) as u32, 1));
+        let rows = t * hv;
+        let params = [dv as u32, eps.to_bits(), rows as u32];
+        self.dispatch("rms_norm_gated", &[&recurrence.buf, &w.norm, &z.buf, &out.buf], &params, rows_grid(rows));
         out
     }
 
@@ -506,7 +519,7 @@ impl Backend for Gpu {
     }
 
     fn counters(&self) -> Counters {
-        Counters { dispatches: self.dispatches.get(), syncs: self.syncs.get() }
+        Counters { dispatches: self.dispatches.get(), syncs: self.syncs.get(), wait_nanos: self.wait_nanos.get() }
     }
 }
 

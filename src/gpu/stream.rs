@@ -241,8 +241,7 @@ impl Gpu {
         if !staging.mapped.load(Acquire) {
             // Its last copies must have run: submit them if still recorded, then wait for the mapping.
             self.flush();
-            self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
-            self.syncs.set(self.syncs.get() + 1);
+            self.wait_for_device()?;
             ensure!(staging.mapped.load(Acquire), "the expert staging buffer did not map");
         }
         let (stride, bytes) = (slots.stride as usize, slots.store.record_bytes);

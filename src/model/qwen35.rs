@@ -60,8 +60,8 @@ fn gated_attention<B: Backend>(
     Ok(b.matmul(&o, &w.o_proj))
 }
 
-/// Gated DeltaNet (linear attention): projections, causal conv + recurrence (the backend's fused op, with its
-/// conv and recurrent states), gated RMSNorm per value head, output projection.
+/// Gated DeltaNet (linear attention): projections, causal conv + recurrence + gated RMSNorm per value head (the
+/// backend's fused op, with its conv and recurrent states), output projection.
 fn gated_deltanet<B: Backend>(
     b: &B,
     c: &ModelConfig,
@@ -72,8 +72,7 @@ fn gated_deltanet<B: Backend>(
     let l = c.linear.as_ref().expect("linear-attention layer without its config");
     // mixed: [t, q all | k all | v all]
     let [mixed, z, beta, a] = b.matmuls(x, [&w.in_proj_qkv, &w.in_proj_z, &w.in_proj_b, &w.in_proj_a]);
-    let out = b.gated_delta_net(l, w, &mixed, &beta, &a, state);
-    let out = b.rms_norm_gated(&out, &w.norm, &z, l.value_head_dim, c.rms_norm_eps);
+    let out = b.gated_delta_net(l, w, &mixed, &z, &beta, &a, c.rms_norm_eps, state);
     b.matmul(&out, &w.out_proj)
 }
 
