@@ -1,14 +1,19 @@
 //! What a plain WGSL read reaches on this GPU: the bound that memory-bound kernels are measured against
 //! (docs/PERF.md), over 1 GiB and over 9.4 MB (the bytes of a 4096×4096 4-bit matrix). And a probe for trying
 //! kernel variants without rebuilding floe: `cargo bench --bench gpu_read -- FILE.wgsl grid=X,Y,Z imm=A,B,..
-//! buf=BYTES[:rand|:f32=V] .. [iters=N] [trusted=1]` times FILE's `main` over those bindings (the last one
-//! read_write; immediates as u32s) and prints GPU microseconds per dispatch, and the sum and absolute sum of the
-//! last binding's f32s afterwards (variants of one kernel over the same `rand` fills must agree).
+//! buf=BYTES[:rand|:f32=V] .. [iters=N] [trusted=1]` times FILE's `main` over those bindings (read-only or
+//! read-write as the kernel declares them; immediates as u32s) and prints GPU microseconds per dispatch, and the
+//! sum and absolute sum of the last binding's f32s afterwards (variants of one kernel over the same `rand` fills
+//! must agree).
 //!
 //! Times are GPU timestamps: `pass` brackets N dependent dispatches (one after another, as in a forward pass),
 //! `each` brackets every dispatch (how `floe bench --profile` times; it adds ~6 µs per dispatch on the H100).
 
 use std::time::Duration;
+
+mod check {
+    include!("../src/gpu/shader_check.rs");
+}
 
 const READ: &str = "
 struct P { n: u32, }
@@ -158,12 +163,13 @@ fn time(device: &wgpu::Device, queue: &wgpu::Queue, probe: &Probe) -> (Duration,
             buffer
         })
         .collect();
+    let declared = check::check_kernel(&probe.source).unwrap_or_else(|e| panic!("the kernel is invalid:\n{e}"));
     let entries: Vec<wgpu::BindGroupLayoutEntry> = (0..buffers.len())
         .map(|i| wgpu::BindGroupLayoutEntry {
             binding: i as u32,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only: i + 1 < buffers.len() },
+                ty: wgpu::BufferBindingType::Storage { read_only: declared.iter().any(|b| b.binding == i as u32 && b.read_only) },
                 has_dynamic_offset: false,
                 min_binding_size: None,
             },

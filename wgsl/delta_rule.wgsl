@@ -33,13 +33,6 @@ var<workgroup> qn: array<f32, 256>;
 var<workgroup> kn: array<f32, 256>;
 var<workgroup> part: array<f32, 64>;
 
-fn softplus(v: f32) -> f32 {
-    if (v > 20.0) {
-        return v;
-    }
-    return log(1.0 + exp(v));
-}
-
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let hh = wid.x;

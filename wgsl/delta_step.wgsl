@@ -5,9 +5,9 @@
 // latency; here one workgroup holds a whole value head, so the norm needs no other workgroup.
 //
 // One workgroup of 256 per value head hh (which reads key head hh / (hv / hk)). Column j of the state S [dk, dv]
-// is held by Q threads (p.q ≤ 4, Q·dv ≤ 256), thread m of them holding rows 64·m … 64·m + 63 (so dk ≤ 64·Q ≤ 256;
-// dk is a multiple of 8). Every load a thread needs before the first barrier is issued before any is used: a
-// decode step is a few rounds of memory latency, and a loop would wait for each load in turn.
+// is held by Q threads (p.q ≤ 4, Q·dv ≤ 256), thread m of them holding rows 64·m … 64·m + 63 (so dk ≤ 64·Q ≤ 256).
+// Every load a thread needs before the first barrier is issued before any is used: a decode step is a few rounds
+// of memory latency, and a loop would wait for each load in turn.
 // The conv state is a ring of `kernel` (≤ 4) rows: the input at position P sits in row P mod kernel. This step
 // reads positions pos − kernel + 1 … pos − 1 and writes pos into the one row none of them uses, so workgroups that
 // share a key head's q and k channels can each compute their conv without racing the one that stores them.
@@ -40,20 +40,17 @@ var<immediate> p: Params;
 {% include "common.wgsl" %}
 
 // This token's q and k after the conv (zero past dk: rows a thread holds beyond dk add nothing), its v for the
-// head's columns, the threads' partial sums of Sᵀk and Sᵀq, and the head's output before the norm.
+// head's columns, the threads' partial sums of Sᵀk, Sᵀq, |k|² and |q|², the head's output before the norm and
+// partial sums of its squares.
 var<workgroup> qn: array<f32, 256>;
 var<workgroup> kn: array<f32, 256>;
 var<workgroup> vn: array<f32, 256>;
 var<workgroup> part_k: array<f32, 256>;
 var<workgroup> part_q: array<f32, 256>;
+var<workgroup> part_kk: array<f32, 256>;
+var<workgroup> part_qq: array<f32, 256>;
 var<workgroup> o_head: array<f32, 256>;
-
-fn softplus(v: f32) -> f32 {
-    if (v > 20.0) {
-        return v;
-    }
-    return log(1.0 + exp(v));
-}
+var<workgroup> part_ss: array<f32, 32>;
 
 // Channel c of this workgroup's [q of key head kh | k of key head kh | v of value head hh] (clamped past them).
 fn channel(c: u32, kh: u32, hh: u32) -> u32 {
@@ -113,7 +110,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         conv_state[ring + ch{{ c }}] = x{{ c }};
     }
 {% endfor %}
-    // Zero past dk and dv: the sums below run over whole groups of 8.
+    // Zero past dk and dv: rows past dk add nothing, and the head's sum of squares runs over 256 columns.
     if (lane >= p.dk) {
         qn[lane] = 0.0;
         kn[lane] = 0.0;
@@ -126,70 +123,77 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let zv = z[hh * p.dv + jv];
     let weight = norm[jv];
     workgroupBarrier();
-    // Every thread sums the norms itself (the same addresses for all: broadcast reads, no reduction), 8 rows per
-    // iteration (qn and kn are zero past dk).
-    var sq = 0.0;
-    var sk = 0.0;
-    for (var r = 0u; r < p.dk; r += 8u) {
-{% for c in range(8) %}
-        let q{{ c }} = qn[r + {{ c }}u];
-        let k{{ c }} = kn[r + {{ c }}u];
-{% endfor %}
-        sq += ((q0 * q0 + q1 * q1) + (q2 * q2 + q3 * q3)) + ((q4 * q4 + q5 * q5) + (q6 * q6 + q7 * q7));
-        sk += ((k0 * k0 + k1 * k1) + (k2 * k2 + k3 * k3)) + ((k4 * k4 + k5 * k5) + (k6 * k6 + k7 * k7));
-    }
-    let inv_q = 1.0 / sqrt(sq + 1e-6) / sqrt(f32(p.dk));
-    let inv_k = 1.0 / sqrt(sk + 1e-6);
+    // The norms of q and k come with the sums of Sᵀk and Sᵀq: a column's Q threads hold all dk rows between them.
     // Four chains of FMAs, not one: 64 dependent ones would wait for each other.
     var kv0 = 0.0;
     var kv1 = 0.0;
     var kv2 = 0.0;
     var kv3 = 0.0;
+    var kk0 = 0.0;
+    var kk1 = 0.0;
 {% for i in range(64) %}
+    let k{{ i }} = kn[r0 + {{ i }}u];
     s{{ i }} *= decay;
-    kv{{ i % 4 }} = fma(s{{ i }}, kn[r0 + {{ i }}u], kv{{ i % 4 }});
+    kv{{ i % 4 }} = fma(s{{ i }}, k{{ i }}, kv{{ i % 4 }});
+    kk{{ i % 2 }} = fma(k{{ i }}, k{{ i }}, kk{{ i % 2 }});
 {% endfor %}
     part_k[lane] = (kv0 + kv1) + (kv2 + kv3);
+    part_kk[lane] = kk0 + kk1;
     workgroupBarrier();
     var kv_all = 0.0;
+    var sk = 0.0;
     for (var n = 0u; n < p.q; n++) {
         kv_all += part_k[j * p.q + n];
+        sk += part_kk[j * p.q + n];
     }
+    let inv_k = 1.0 / sqrt(sk + 1e-6);
     let step = (vn[jv] - kv_all * inv_k) * beta * inv_k;
     var o0 = 0.0;
     var o1 = 0.0;
     var o2 = 0.0;
     var o3 = 0.0;
+    var qq0 = 0.0;
+    var qq1 = 0.0;
 {% for i in range(64) %}
-    s{{ i }} = fma(kn[r0 + {{ i }}u], step, s{{ i }});
-    o{{ i % 4 }} = fma(s{{ i }}, qn[r0 + {{ i }}u], o{{ i % 4 }});
+    let q{{ i }} = qn[r0 + {{ i }}u];
+    s{{ i }} = fma(k{{ i }}, step, s{{ i }});
+    o{{ i % 4 }} = fma(s{{ i }}, q{{ i }}, o{{ i % 4 }});
+    qq{{ i % 2 }} = fma(q{{ i }}, q{{ i }}, qq{{ i % 2 }});
 {% endfor %}
     part_q[lane] = (o0 + o1) + (o2 + o3);
-    workgroupBarrier();
-    var o_all = 0.0;
-    for (var n = 0u; n < p.q; n++) {
-        o_all += part_q[j * p.q + n];
-    }
-    o_all *= inv_q;
-    if (m == 0u && live) {
-        o_head[j] = o_all;
-    }
-    workgroupBarrier();
-    var ss = 0.0;
-    for (var c = 0u; c < p.dv; c += 8u) {
-{% for c in range(8) %}
-        let h{{ c }} = o_head[c + {{ c }}u];
-{% endfor %}
-        ss += ((h0 * h0 + h1 * h1) + (h2 * h2 + h3 * h3)) + ((h4 * h4 + h5 * h5) + (h6 * h6 + h7 * h7));
-    }
+    part_qq[lane] = qq0 + qq1;
     if (live) {
-        if (m == 0u) {
-            out[hh * p.dv + j] = o_all * (1.0 / sqrt(ss / f32(p.dv) + p.eps)) * weight * silu(zv);
-        }
 {% for i in range(64) %}
         if (r0 + {{ i }}u < p.dk) {
             state[head_state + (r0 + {{ i }}u) * p.dv + j] = s{{ i }};
         }
 {% endfor %}
+    }
+    workgroupBarrier();
+    var o_all = 0.0;
+    var sq = 0.0;
+    for (var n = 0u; n < p.q; n++) {
+        o_all += part_q[j * p.q + n];
+        sq += part_qq[j * p.q + n];
+    }
+    o_all *= 1.0 / sqrt(sq + 1e-6) / sqrt(f32(p.dk));
+    if (m == 0u && live) {
+        o_head[j] = o_all;
+    }
+    workgroupBarrier();
+    // The head's sum of squares: 32 threads sum 8 columns each (o_head is zero past dv), then every thread the 32.
+    if (lane < 32u) {
+{% for c in range(8) %}
+        let h{{ c }} = o_head[lane * 8u + {{ c }}u];
+{% endfor %}
+        part_ss[lane] = ((h0 * h0 + h1 * h1) + (h2 * h2 + h3 * h3)) + ((h4 * h4 + h5 * h5) + (h6 * h6 + h7 * h7));
+    }
+    workgroupBarrier();
+    var ss = 0.0;
+{% for n in range(0, 32, 4) %}
+    ss += (part_ss[{{ n }}u] + part_ss[{{ n + 1 }}u]) + (part_ss[{{ n + 2 }}u] + part_ss[{{ n + 3 }}u]);
+{% endfor %}
+    if (live && m == 0u) {
+        out[hh * p.dv + j] = o_all * (1.0 / sqrt(ss / f32(p.dv) + p.eps)) * weight * silu(zv);
     }
 }
