@@ -341,8 +341,8 @@ fn attention_prefill_then_decode() {
 }
 
 /// Gated DeltaNet's conv, recurrence and gated norm, the states carried across calls: prefills of several tokens
-/// and decode steps (one dispatch where a workgroup holds a value head: not for dv = 300), from the first position
-/// on, with prompts shorter and longer than the conv.
+/// and decode steps (one dispatch where a workgroup holds a value head: not for dv = 70, 9 or 300), from the first
+/// position on, with prompts shorter and longer than the conv.
 #[test]
 fn gated_delta_net_carries_its_states() {
     let Some(mut b) = bench() else { return };

@@ -383,10 +383,10 @@ impl Backend for Gpu {
         state.pos += t;
         let out = self.empty(t * hv * dv);
         // A decode step in one dispatch where a workgroup of 256 holds a value head's state and the conv has at most
-        // 4 taps (see wgsl/delta_step.wgsl): Q threads per column, the most up to 4 with Q·dv ≤ 256, 64 rows each.
-        let q = (1..=4).rev().find(|q: &usize| q.is_power_of_two() && q * dv <= 256).unwrap_or(0);
-        if t == 1 && q > 0 && dk <= 64 * q && kernel <= 4 {
-            let params = [hk as u32, hv as u32, dk as u32, dv as u32, channels as u32, kernel, q as u32, pos, eps.to_bits()];
+        // 4 taps (see wgsl/delta_step.wgsl): G groups of 4 columns per row block, 256 / G row blocks of 16 rows.
+        let groups = (dv / 4).next_power_of_two().max(16);
+        if t == 1 && dv % 4 == 0 && groups <= 64 && dk <= 16 * (256 / groups) && kernel <= 4 {
+            let params = [hk as u32, hv as u32, dk as u32, dv as u32, channels as u32, kernel, groups as u32, pos, eps.to_bits()];
             let buffers = [&x.buf, &z.buf, &b.buf, &a.buf, &*w.conv1d, &*w.a_log, &*w.dt_bias, &*w.norm, &state.conv, &state.recurrent, &out.buf];
             self.dispatch("delta_step", &buffers, &params, (hv as u32, 1, 1));
             return out;
