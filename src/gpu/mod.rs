@@ -122,7 +122,7 @@ struct Pool {
     free: HashMap<u64, Vec<(u64, wgpu::Buffer)>>,
 }
 
-/// Bind groups by kernel and the ids of the buffers they bind (at most 8; 0 after the last).
+/// Bind groups by kernel and the ids of the buffers they bind (at most [`STORAGE_BINDINGS`]; 0 after the last).
 type BindGroups = HashMap<(&'static str, [u64; STORAGE_BINDINGS as usize]), wgpu::BindGroup>;
 
 /// A GPU buffer with an identity (for the bind-group cache). Dropped, a pooled one goes back to the pool (its
