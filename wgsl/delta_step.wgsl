@@ -6,9 +6,10 @@
 //
 // One workgroup of 256 per value head hh (which reads key head hh / (hv / hk)). The state S [dk, dv] (dv a multiple
 // of 4) is held as vec4s of 4 columns: lane = m·G + g holds columns 4g … 4g + 3 of rows 16·m … 16·m + 15, with G
-// (p.groups, a power of two ≥ 16) column groups per row block and 256 / G ≤ 16 row blocks (so dk ≤ 16 · 256 / G and
-// every row index stays below 256). A warp's load of one row is then 32 consecutive vec4s: in a decode step the state
-// (2 MB per layer for 35B-A3B) comes from DRAM, read and written by one workgroup per head.
+// (p.groups, a power of two from 16 to 64, so dv ≤ 256) column groups per row block and 256 / G ≤ 16 row blocks (so
+// dk ≤ 16 · 256 / G and every row index stays below 256). With dv = 128 (G = 32) a warp's load is one whole row of
+// 32 consecutive vec4s: in a decode step the state (2 MB per layer for 35B-A3B) comes from DRAM, read and written
+// by one workgroup per head.
 // Every load a thread needs before the first barrier is issued before any is used: a decode step is a few rounds
 // of memory latency, and a loop would wait for each load in turn.
 // The conv state is a ring of `kernel` (≤ 4) rows: the input at position P sits in row P mod kernel. This step
