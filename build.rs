@@ -73,7 +73,10 @@ fn variants() -> Vec<(String, &'static str, Value)> {
         ("moe_combine_shared_rms_norm", false, "moe_shared"),
     ];
     for (name, gated, residual) in norms {
-        v.push((name.to_string(), "rms_norm.wgsl", context! { gated, residual }));
+        for subgroups in [false, true] {
+            let sg = if subgroups { "_sg" } else { "" };
+            v.push((format!("{name}{sg}"), "rms_norm.wgsl", context! { gated, residual, subgroups }));
+        }
     }
     for op in ["swiglu", "copy", "kv_append"] {
         v.push((op.to_string(), "elementwise.wgsl", context! { op }));

@@ -253,7 +253,11 @@ fn embedding_rows_every_format() {
 #[test]
 fn norms_and_element_wise_ops() {
     let Some(mut b) = bench() else { return };
-    for (rows, dim) in [(1, 1), (5, 7), (3, 64), (2, 300)] {
+    // A norm keeps a row's first 2,048 columns in registers and reads longer rows' later columns again; its sum of
+    // squares is reduced through subgroups or through workgroup memory.
+    let shapes = [(1, 1), (5, 7), (3, 64), (2, 300), (1, 2048), (2, 2500), (1, 4100)];
+    for ((rows, dim), subgroups) in shapes.into_iter().zip([true, false].into_iter().cycle()) {
+        b.gpu.set_subgroups(subgroups);
         let (x, gx) = b.random(rows * dim, 2.0);
         let (z, gz) = b.random(rows * dim, 2.0);
         let w = b.values(dim, 1.5);
@@ -347,7 +351,9 @@ fn attention_prefill_then_decode() {
 fn gated_delta_net_carries_its_states() {
     let Some(mut b) = bench() else { return };
     let shapes = [(1, 1, 8, 8, 2), (2, 4, 16, 24, 4), (2, 6, 128, 70, 4), (2, 4, 128, 128, 4), (1, 2, 256, 40, 4), (1, 1, 40, 9, 3), (1, 2, 16, 300, 4)];
-    for (hk, hv, dk, dv, kernel) in shapes {
+    // The shapes delta_step does not take run the gated norm, with and without subgroup sums.
+    for ((hk, hv, dk, dv, kernel), subgroups) in shapes.into_iter().zip([true, false].into_iter().cycle()) {
+        b.gpu.set_subgroups(subgroups);
         let l = LinearAttnConfig { num_key_heads: hk, num_value_heads: hv, key_head_dim: dk, value_head_dim: dv, conv_kernel: kernel };
         let channels = l.conv_channels();
         let (conv1d, a_log, dt_bias) = (b.values(channels * kernel, 0.5), b.values(hv, 1.0), b.values(hv, 1.0));
@@ -402,6 +408,9 @@ fn moe_routing_experts_and_combine() {
         ("q4g64bf16", 16, 8, 3, 128, 64, true),
         ("q2g32bf16", 9, 3, 9, 64, 96, true),
         ("q3g32f16", 512, 10, 2, 64, 64, false),
+        // The router holds up to 16 logits per thread: 1,000 experts fill the last slot partly.
+        ("q4g64bf16", 1000, 8, 2, 64, 64, true),
+        ("q4g64bf16", 1000, 8, 1, 64, 64, false),
         ("q8g128f32", 40, 4, 1, 256, 128, true),
         ("q6g64bf16", 10, 2, 4, 128, 64, true),
         // Decode reads x through a tile of 2,048 columns: hidden and intermediate sizes over two tiles.

@@ -3,9 +3,13 @@
 // stored in hidden (the residual add and the next norm in one pass){% elif residual %}, of x = hidden + the MoE
 // block's output Σ_j routing[i, j] · experts[i·k + j]{% if residual == "moe_shared" %} + sigmoid(shared_gate[i]) ·
 // shared_out[i]{% endif %}, which is also stored in hidden (the MoE block's end and the next norm in one pass){% endif %}.
-// One workgroup of 256 per row (the grid folded into two dimensions). Each thread handles 8 columns per pass,
-// 256 apart, all their loads issued before any is used: a decode step normalizes one row with one workgroup, so
-// its time is a few rounds of memory latency, not bandwidth.
+// One workgroup of 256 per row (the grid folded into two dimensions). A decode step normalizes one row with one
+// workgroup, so its time is rounds of memory latency and barriers, not bandwidth: each thread handles 8 columns,
+// 256 apart, with every load of them (weights too) issued before any is used, and keeps them in registers for
+// the output (rows longer than 2,048 columns loop, and read their later columns again); the experts of the MoE
+// sum are read 4 at a time; the sum of squares is reduced {% if subgroups %}through subgroup sums and one barrier
+// (subgroups are runs of `sg_size` consecutive invocations; no width is assumed){% else %}by a tree in workgroup
+// memory{% endif %}.
 
 struct Params {
     dim: u32,
@@ -43,16 +47,9 @@ var<immediate> p: Params;
 
 var<workgroup> sums: array<f32, 256>;
 
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = wid.y * nwg.x + wid.x;
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.dim;
-    let last = base + p.dim - 1u;
-    var ss = 0.0;
-    for (var c0 = lid.x; c0 < p.dim; c0 += 2048u) {
+{# The 8 values v0..v7 of x at columns c0 + 256·i of the row (in{i}: inside it), the residual's sum stored back
+   into x, and their squares added to ss. #}
+{% macro chunk_values() %}
 {% for i in range(8) %}
         let in{{ i }} = c0 + {{ 256 * i }}u < p.dim;
         let at{{ i }} = min(base + c0 + {{ 256 * i }}u, last);
@@ -66,11 +63,19 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 {% for i in range(8) %}
         var a{{ i }} = 0.0;
 {% endfor %}
-        for (var j = 0u; j < p.k; j++) {
-            let w = routing[row * p.k + j];
-            let first = (row * p.k + j) * p.dim;
+        for (var j0 = 0u; j0 < p.k; j0 += 4u) {
+{% for u in range(4) %}
+            let j{{ u }} = min(j0 + {{ u }}u, p.k - 1u);
+            let w{{ u }} = select(0.0, routing[row * p.k + j{{ u }}], j0 + {{ u }}u < p.k);
+            let first{{ u }} = (row * p.k + j{{ u }}) * p.dim - base;
 {% for i in range(8) %}
-            a{{ i }} += w * experts[first + at{{ i }} - base];
+            let e{{ u }}_{{ i }} = experts[first{{ u }} + at{{ i }}];
+{% endfor %}
+{% endfor %}
+{% for u in range(4) %}
+{% for i in range(8) %}
+            a{{ i }} += w{{ u }} * e{{ u }}_{{ i }};
+{% endfor %}
 {% endfor %}
         }
 {% if residual == "moe_shared" %}
@@ -91,7 +96,54 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 {% endfor %}
 {% endif %}
         ss += ((v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)) + ((v4 * v4 + v5 * v5) + (v6 * v6 + v7 * v7));
+{% endmacro %}
+
+{# y at the 8 columns c0 + 256·i from v0..v7 (and weight and z as wt{i}, z{i}). #}
+{% macro chunk_output() %}
+{% for i in range(8) %}
+        if (c0 + {{ 256 * i }}u < p.dim) {
+            y[base + c0 + {{ 256 * i }}u] = v{{ i }} * inv * wt{{ i }}{% if gated %} * silu(z{{ i }}){% endif %};
+        }
+{% endfor %}
+{% endmacro %}
+
+{# The weights (and z) of the 8 columns c0 + 256·i. #}
+{% macro chunk_weights() %}
+{% for i in range(8) %}
+        let wt{{ i }} = weight[min(c0 + {{ 256 * i }}u, p.dim - 1u)];
+{% if gated %}
+        let z{{ i }} = z[min(base + c0 + {{ 256 * i }}u, last)];
+{% endif %}
+{% endfor %}
+{% endmacro %}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>{% if subgroups %}, @builtin(subgroup_size) sg_size: u32{% endif %}) {
+    let row = wid.y * nwg.x + wid.x;
+    if (row >= p.rows) {
+        return;
     }
+    let base = row * p.dim;
+    let last = base + p.dim - 1u;
+    var ss = 0.0;
+    // The first 2,048 columns, kept in registers.
+    let c0 = lid.x;
+{{ chunk_values() }}
+{{ chunk_weights() }}
+    for (var c0 = lid.x + 2048u; c0 < p.dim; c0 += 2048u) {
+{{ chunk_values() }}
+    }
+{% if subgroups %}
+    let partial = subgroupAdd(ss);
+    if (lid.x % sg_size == 0u) {
+        sums[lid.x / sg_size] = partial;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var s = 0u; s < 256u / sg_size; s++) {
+        total += sums[s];
+    }
+{% else %}
     sums[lid.x] = ss;
     workgroupBarrier();
     for (var s = 128u; s > 0u; s >>= 1u) {
@@ -100,20 +152,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
         workgroupBarrier();
     }
-    let inv = 1.0 / sqrt(sums[0] / f32(p.dim) + p.eps);
-    for (var c0 = lid.x; c0 < p.dim; c0 += 2048u) {
-{% for i in range(8) %}
-        let c{{ i }} = c0 + {{ 256 * i }}u;
-        let x{{ i }} = x[min(base + c{{ i }}, last)];
-        let w{{ i }} = weight[min(c{{ i }}, p.dim - 1u)];
-{% if gated %}
-        let z{{ i }} = z[min(base + c{{ i }}, last)];
+    let total = sums[0];
 {% endif %}
-{% endfor %}
+    let inv = 1.0 / sqrt(total / f32(p.dim) + p.eps);
+{{ chunk_output() }}
+    for (var c0 = lid.x + 2048u; c0 < p.dim; c0 += 2048u) {
 {% for i in range(8) %}
-        if (c{{ i }} < p.dim) {
-            y[base + c{{ i }}] = x{{ i }} * inv * w{{ i }}{% if gated %} * silu(z{{ i }}){% endif %};
-        }
+        let v{{ i }} = x[min(base + c0 + {{ 256 * i }}u, last)];
 {% endfor %}
+{{ chunk_weights() }}
+{{ chunk_output() }}
     }
 }

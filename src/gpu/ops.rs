@@ -124,7 +124,7 @@ impl Gpu {
     }
 
     /// A kernel that may have a subgroup variant (the matrix kernels but the tiled ones, which reduce nothing; the
-    /// router): that one where subgroups are on.
+    /// router and the norms): that one where subgroups are on.
     fn matrix_kernel(&self, name: &str) -> &'static str {
         match self.subgroups.get().then(|| kernels::find(&format!("{name}_sg"))).flatten() {
             Some(k) => k.name,
@@ -281,7 +281,7 @@ impl Backend for Gpu {
         let out = self.empty(x.len);
         let rows = x.len / dim;
         let grid = rows_grid(rows);
-        self.dispatch("rms_norm", &[&x.buf, weight, &out.buf], &[dim as u32, eps.to_bits(), rows as u32], grid);
+        self.dispatch(self.matrix_kernel("rms_norm"), &[&x.buf, weight, &out.buf], &[dim as u32, eps.to_bits(), rows as u32], grid);
         out
     }
 
@@ -289,7 +289,7 @@ impl Backend for Gpu {
         let out = self.empty(hidden.len);
         let rows = hidden.len / dim;
         let params = [dim as u32, eps.to_bits(), rows as u32];
-        self.dispatch("add_rms_norm", &[&hidden.buf, weight, &x.buf, &out.buf], &params, rows_grid(rows));
+        self.dispatch(self.matrix_kernel("add_rms_norm"), &[&hidden.buf, weight, &x.buf, &out.buf], &params, rows_grid(rows));
         out
     }
 
@@ -402,7 +402,7 @@ impl Backend for Gpu {
         self.dispatch("delta_rule", &buffers, &params, (hv as u32, dv.div_ceil(64 / q) as u32, 1));
         let rows = t * hv;
         let params = [dv as u32, eps.to_bits(), rows as u32];
-        self.dispatch("rms_norm_gated", &[&recurrence.buf, &w.norm, &z.buf, &out.buf], &params, rows_grid(rows));
+        self.dispatch(self.matrix_kernel("rms_norm_gated"), &[&recurrence.buf, &w.norm, &z.buf, &out.buf], &params, rows_grid(rows));
         out
     }
 
@@ -490,9 +490,9 @@ impl Backend for Gpu {
         match shared {
             Some((shared_out, gate)) => {
                 buffers.extend([&shared_out.buf, &gate.buf]);
-                self.dispatch("moe_combine_shared_rms_norm", &buffers, &params, grid);
+                self.dispatch(self.matrix_kernel("moe_combine_shared_rms_norm"), &buffers, &params, grid);
             }
-            None => self.dispatch("moe_combine_rms_norm", &buffers, &params, grid),
+            None => self.dispatch(self.matrix_kernel("moe_combine_rms_norm"), &buffers, &params, grid),
         }
         out
     }
