@@ -20,6 +20,9 @@ pub trait Backend: Storage + Sized {
     type KvCache;
     /// One linear-attention layer's conv and recurrent states.
     type LinearState;
+    /// A greedy choice of token made on the device and not read back yet: the next decode step can embed it while
+    /// the device is still computing it (see [`Backend::choose`]).
+    type Chosen;
 
     fn new_kv_cache(&self, kv_width: usize) -> Result<Self::KvCache>;
     fn new_linear_state(&self, l: &LinearAttnConfig) -> Result<Self::LinearState>;
@@ -127,6 +130,14 @@ pub trait Backend: Storage + Sized {
     /// The index of the largest value (the lower on a tie), in host memory: greedy decoding's next token, read
     /// back as 4 bytes instead of the logits.
     fn argmax(&self, x: &Self::Act) -> Result<u32>;
+    /// The same choice, left on the device and started on its way back: with it, greedy decoding records the next
+    /// step before it reads this one's token ([`Backend::read_chosen`]), so the device need not wait for the CPU
+    /// between tokens.
+    fn choose(&self, x: &Self::Act) -> Result<Self::Chosen>;
+    /// The chosen token, in host memory: waits for the device until it has chosen it, not for work recorded after.
+    fn read_chosen(&self, chosen: &Self::Chosen) -> Result<u32>;
+    /// The embedding row of a chosen token (a one-token [`Backend::embed`]).
+    fn embed_chosen(&self, table: &Self::Matrix, chosen: &Self::Chosen) -> Result<Self::Act>;
     /// Work counted since the backend was made.
     fn counters(&self) -> Counters {
         Counters::default()

@@ -45,6 +45,7 @@ impl Backend for Cpu {
     type Routing = Vec<Vec<(usize, f32)>>;
     type KvCache = KvCache;
     type LinearState = LinearState;
+    type Chosen = u32;
 
     fn new_kv_cache(&self, _kv_width: usize) -> Result<KvCache> {
         Ok(KvCache { keys: vec![], values: vec![] })
@@ -245,6 +246,18 @@ impl Backend for Cpu {
 
     fn argmax(&self, x: &Vec<f32>) -> Result<u32> {
         Ok(argmax(x))
+    }
+
+    fn choose(&self, x: &Vec<f32>) -> Result<u32> {
+        Ok(argmax(x))
+    }
+
+    fn read_chosen(&self, chosen: &u32) -> Result<u32> {
+        Ok(*chosen)
+    }
+
+    fn embed_chosen(&self, table: &Matrix, chosen: &u32) -> Result<Vec<f32>> {
+        Ok(embed_rows(table, &[*chosen]))
     }
 }
 

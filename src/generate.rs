@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use tokenizers::Tokenizer;
 
 use crate::backend::Backend;
-use crate::model::{Logits, Model, State};
+use crate::model::{Input, Logits, Model, State};
 use crate::sample::{Sampler, Sampling};
 
 /// The built-in default model's tokenizer: a 512-token byte-level BPE made by tools/make_fixtures.py.
@@ -162,21 +162,32 @@ impl<'m, B: Backend> Session<'m, B> {
         }
         self.model.config.check_tokens(&prompt_ids)?;
         let mut sampler = Sampler::new(g.sampling.clone(), &[&self.history[..], &prompt_ids[..]].concat());
+        let think_close = self.encode("\n</think>\n\n")?;
+        let mut in_thought = g.thinking;
+        // Whether the token after `generated` surely comes from a plain decode step (not at the token limit, not
+        // where the thinking budget may close the thought), so that greedy decoding may run that step early.
+        let plain_step_follows = |generated: usize, in_thought: bool| {
+            generated + 1 < g.max_tokens && !(in_thought && g.think_budget.is_some_and(|b| generated + 1 >= b))
+        };
         let start = Instant::now();
-        let mut next = self.step(&prompt_ids, &mut sampler).context("prefill")?;
+        let (mut next, mut ahead) = if sampler.is_greedy() {
+            let chosen = self.model.choose(Input::Ids(&prompt_ids), &mut self.state).context("prefill")?;
+            self.read_running_ahead(chosen, plain_step_follows(0, in_thought))?
+        } else {
+            (self.step(&prompt_ids, &mut sampler).context("prefill")?, None)
+        };
         self.history.extend_from_slice(&prompt_ids);
         let time_to_first_token = start.elapsed();
         let decode_start = Instant::now();
-        let think_close = self.encode("\n</think>\n\n")?;
-        let mut in_thought = g.thinking;
         let mut generated: Vec<u32> = Vec::new();
         let (mut text, mut emitted) = (String::new(), 0);
         let mut finish = Finish::Length;
-        // Invariant: `next` is chosen but not fed; `history` holds every token fed.
+        // Invariant: `history` holds every token fed. `next` is chosen; it is fed too where `ahead` holds the
+        // device's choice of the token after it (greedy decoding ran that step before reading `next`).
         loop {
             if self.eos.contains(&next) && !g.ignore_eos {
-                // Fed at the start of the next turn, so the model sees its answer closed.
-                self.pending = Some(next);
+                // Fed (here or at the start of the next turn), so the model sees its answer closed.
+                self.set_aside(next, ahead.is_some());
                 finish = Finish::Stop;
                 break;
             }
@@ -188,7 +199,7 @@ impl<'m, B: Backend> Session<'m, B> {
             }
             if let Some(at) = g.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
                 text.truncate(at);
-                self.pending = Some(next);
+                self.set_aside(next, ahead.is_some());
                 finish = Finish::Stop;
                 break;
             }
@@ -197,11 +208,17 @@ impl<'m, B: Backend> Session<'m, B> {
             let ready = text.len() - held;
             if ready > emitted && text.is_char_boundary(ready) && !text[..ready].ends_with('\u{FFFD}') {
                 if !emit(&text[emitted..ready]) {
-                    self.pending = Some(next);
+                    self.set_aside(next, ahead.is_some());
                     finish = Finish::Cancelled;
                     break;
                 }
                 emitted = ready;
+            }
+            if let Some(chosen) = ahead.take() {
+                // The step after `next` ran already: read its choice, running the one after it first.
+                self.history.push(next);
+                (next, ahead) = self.read_running_ahead(chosen, plain_step_follows(generated.len(), in_thought))?;
+                continue;
             }
             if generated.len() >= g.max_tokens {
                 self.pending = Some(next);
@@ -234,6 +251,25 @@ impl<'m, B: Backend> Session<'m, B> {
             generated_tokens: generated,
             time_to_first_token: ttft,
             decode_time: decode.elapsed(),
+        }
+    }
+
+    /// Reads back a token the device chose; when `run_ahead`, first runs the decode step that feeds it, so that
+    /// the device computes it while the CPU reads and handles this one. Returns the token and that step's choice.
+    fn read_running_ahead(&mut self, chosen: B::Chosen, run_ahead: bool) -> Result<(u32, Option<B::Chosen>)> {
+        let ahead = match run_ahead {
+            true => Some(self.model.choose(Input::Chosen(&chosen), &mut self.state).context("decode")?),
+            false => None,
+        };
+        Ok((self.model.backend.read_chosen(&chosen)?, ahead))
+    }
+
+    /// Where generation stops at `next`: it is in the state already if `fed` (a step ran ahead), else it waits
+    /// for the next turn, which starts by feeding it.
+    fn set_aside(&mut self, next: u32, fed: bool) {
+        match fed {
+            true => self.history.push(next),
+            false => self.pending = Some(next),
         }
     }
 

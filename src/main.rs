@@ -13,7 +13,7 @@ use floe::convert::{self, Output, QuantPlan};
 use floe::generate;
 use floe::backend::Backend;
 use floe::gpu::{AdapterChoice, Gpu};
-use floe::model::{LoadOptions, Logits, Model};
+use floe::model::{Input, LoadOptions, Logits, Model};
 use floe::store::{CachePolicy, Prefetch, StreamOptions};
 use floe::quant::QuantFormat;
 use floe::chat::{ChatRequest, ChatTemplate};
@@ -714,8 +714,17 @@ impl Job for Bench {
         let (before, at_decode) = (model.backend.counters(), streamed());
         let layers_at_decode = model.store.as_ref().map(|s| s.layer_stats());
         let start = Instant::now();
-        for _ in 0..args.gen_tokens {
-            next = model.forward_greedy(&[next], &mut state)?;
+        // Greedy decoding as generation runs it: each step recorded before the token it feeds is read back.
+        let mut running = None;
+        for i in 0..args.gen_tokens {
+            let chosen = match running.take() {
+                Some(chosen) => chosen,
+                None => model.choose(Input::Ids(&[next]), &mut state)?,
+            };
+            if i + 1 < args.gen_tokens {
+                running = Some(model.choose(Input::Chosen(&chosen), &mut state)?);
+            }
+            next = model.backend.read_chosen(&chosen)?;
         }
         let decode = start.elapsed().as_secs_f64();
         let after = model.backend.counters();

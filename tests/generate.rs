@@ -1,7 +1,11 @@
 //! Generation sessions (floe::generate) on the built-in default model: stop strings, the thinking budget,
 //! cancelling, and a second turn that continues the state instead of prefilling everything again.
 
+mod common;
+
+use floe::backend::Backend;
 use floe::generate::{Finish, Generation, Session};
+use floe::model::Model;
 
 fn greedy(max_tokens: usize) -> Generation {
     Generation { max_tokens, ..Default::default() }
@@ -53,6 +57,40 @@ fn a_second_turn_continues_the_state() {
     let everything = [&before[..], &[pending], &second_prompt[..]].concat();
     let again = fresh.generate_ids(&everything, &greedy(6), |_| true).unwrap();
     assert_eq!(second.text, again.text, "continuing equals prefilling the whole conversation");
+}
+
+/// Greedy generation runs each decode step before the token it feeds is read back: on the CPU and on the GPU
+/// (where the step embeds the token the device chose), the tokens are those of steps run one after another, and
+/// wherever generation stops, the state holds exactly the history.
+#[test]
+fn greedy_steps_run_ahead_of_the_tokens_they_feed() {
+    let (model, tokenizer) = floe::synthetic::default_model();
+    check_running_ahead(&model, &tokenizer);
+    if let Some(gpu) = common::gpu() {
+        check_running_ahead(&model.to_backend(gpu).unwrap(), &tokenizer);
+    }
+}
+
+fn check_running_ahead<B: Backend>(model: &Model<B>, tokenizer: &tokenizers::Tokenizer) {
+    let prompt = Session::new(model, tokenizer, vec![]).unwrap().encode("Once upon a time").unwrap();
+    let mut state = model.new_state().unwrap();
+    let mut expected = vec![model.forward_greedy(&prompt, &mut state).unwrap()];
+    for _ in 1..12 {
+        expected.push(model.forward_greedy(&[*expected.last().unwrap()], &mut state).unwrap());
+    }
+    let mut s = Session::new(model, tokenizer, vec![]).unwrap();
+    s.generate_ids(&prompt, &greedy(12), |_| true).unwrap();
+    assert_eq!(&s.history[prompt.len()..], &expected[..11], "the tokens of steps one after another");
+    assert_eq!(s.pending, Some(expected[11]), "at the token limit, the last token waits for the next turn");
+    assert_eq!(s.copy_state().unwrap().pos, s.history.len());
+    // Stopped by an end-of-sequence token the step after it has fed already.
+    let mut s = Session::new(model, tokenizer, vec![expected[4]]).unwrap();
+    let out = s.generate_ids(&prompt, &greedy(12), |_| true).unwrap();
+    let first_end = expected.iter().position(|&t| t == expected[4]).unwrap();
+    assert_eq!(out.finish, Finish::Stop);
+    assert_eq!(out.generated_tokens, first_end);
+    assert_eq!(&s.history[prompt.len()..], &expected[..=first_end], "the end token is in the state");
+    assert_eq!((s.pending, s.copy_state().unwrap().pos), (None, s.history.len()));
 }
 
 #[test]

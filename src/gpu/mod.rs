@@ -454,20 +454,29 @@ impl Gpu {
     }
 
     /// Submits `encoder`, then asks for the staging buffers its copies read to be mapped again.
-    fn submit(&self, encoder: wgpu::CommandEncoder) {
-        self.queue.submit([encoder.finish()]);
+    fn submit(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
+        let index = self.queue.submit([encoder.finish()]);
         for (buffer, mapped) in self.remap.borrow_mut().drain(..) {
             buffer.slice(..).map_async(wgpu::MapMode::Write, move |r| mapped.store(r.is_ok(), std::sync::atomic::Ordering::Release));
         }
+        index
     }
 
-    /// Submits what is recorded (without waiting).
-    fn flush(&self) {
+    /// Submits what is recorded (without waiting); returns the submission's index, if there was anything to submit.
+    fn flush(&self) -> Option<wgpu::SubmissionIndex> {
         let mut rec = self.recorder.borrow_mut();
         drop(rec.pass.take());
         rec.recorded = 0;
-        if let Some(encoder) = rec.encoder.take() {
-            self.submit(encoder);
+        let encoder = rec.encoder.take();
+        drop(rec);
+        encoder.map(|e| self.submit(e))
+    }
+
+    /// The free lists sorted, so that the next forward call, whatever order this one freed its buffers in, is handed
+    /// the same buffers in the same order and finds its bind groups cached.
+    fn settle_pool(&self) {
+        for free in self.pool.borrow_mut().free.values_mut() {
+            free.sort_by_key(|&(id, _)| std::cmp::Reverse(id));
         }
     }
 
@@ -479,6 +488,14 @@ impl Gpu {
         encoder.copy_buffer_to_buffer(src, src_offset, &dst.buffer, dst_offset, size);
     }
 
+    /// Records a copy of the first `size` bytes of `src` into `dst` (a buffer the CPU maps), in order.
+    fn copy_out(&self, src: &Buf, dst: &wgpu::Buffer, size: u64) {
+        let mut rec = self.recorder.borrow_mut();
+        drop(rec.pass.take());
+        let encoder = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        encoder.copy_buffer_to_buffer(&src.buffer, 0, dst, 0, size);
+    }
+
     /// Maps `buffer` for writing again after the next submission (which holds copies from it).
     fn remap_after_submit(&self, buffer: &wgpu::Buffer, mapped: &Arc<std::sync::atomic::AtomicBool>) {
         self.remap.borrow_mut().push((buffer.clone(), mapped.clone()));
@@ -486,8 +503,14 @@ impl Gpu {
 
     /// Waits until the device has run everything submitted (a CPU↔GPU round trip), counting the wait.
     fn wait_for_device(&self) -> Result<()> {
+        self.wait_for(None)
+    }
+
+    /// Waits until the device has run `submission` (everything submitted: None), counting the wait.
+    fn wait_for(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
         let start = std::time::Instant::now();
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
+        let poll = wgpu::PollType::Wait { submission_index: submission, timeout: None };
+        self.device.poll(poll).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
         self.syncs.set(self.syncs.get() + 1);
         self.recorder.borrow_mut().batch = FIRST_SUBMIT;
         self.wait_nanos.set(self.wait_nanos.get() + start.elapsed().as_nanos() as u64);
@@ -539,11 +562,7 @@ impl Gpu {
             None => None,
         };
         self.submit(encoder);
-        // The next call starts from the same free lists whatever order this one freed its buffers in, so it hands
-        // out the same buffers in the same order and finds its bind groups cached.
-        for free in self.pool.borrow_mut().free.values_mut() {
-            free.sort_by_key(|&(id, _)| std::cmp::Reverse(id));
-        }
+        self.settle_pool();
         staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
         if let Some(out) = &timestamps {
             out.slice(..).map_async(wgpu::MapMode::Read, |_| {});

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use super::stream::ExpertSlots;
 use super::{grid_1d, kernels, Buf, Gpu};
@@ -87,6 +87,14 @@ pub struct Act {
     len: usize,
 }
 
+/// A token id chosen on the GPU ([`Backend::choose`]), and its way back to the CPU: a copy in a buffer of its own,
+/// mapped once the submission that chose it has run.
+pub struct Chosen {
+    id: Buf,
+    readback: wgpu::Buffer,
+    submission: wgpu::SubmissionIndex,
+}
+
 /// Per token, k expert ids and their weights, on the GPU.
 pub struct Routing {
     ids: Buf,
@@ -121,6 +129,30 @@ impl Gpu {
     /// The kernel `name`, which build.rs rendered for every format an upload accepts.
     fn kernel(&self, name: &str) -> &'static str {
         kernels::find(name).unwrap_or_else(|| panic!("no kernel named {name}")).name
+    }
+
+    /// The embedding rows of `n` token ids held in `ids`.
+    fn embed_ids(&self, table: &GpuMatrix, ids: &Buf, n: usize) -> Act {
+        let out = self.empty(n * table.cols);
+        let kernel = self.kernel(&format!("embed_{}", table.format));
+        let grid = (table.cols.div_ceil(64) as u32, n as u32, 1);
+        // Each piece of a split table fills the rows of the tokens it holds.
+        for (row0, piece) in table.pieces() {
+            let [w, s, b] = piece.offsets;
+            let params = [table.cols as u32, w, s, b, row0 as u32, piece.rows as u32];
+            self.dispatch(kernel, &[&piece.buf, ids, &out.buf], &params, grid);
+        }
+        out
+    }
+
+    /// The index of `x`'s largest value (the lower on a tie), in a buffer of one u32.
+    fn argmax_id(&self, x: &Act) -> Buf {
+        let groups = x.len.div_ceil(4096);
+        assert!(groups <= 65535, "argmax over more than 268M values");
+        let (values, indices, result) = (self.scratch(groups), self.scratch(groups), self.scratch(1));
+        self.dispatch("argmax_partial", &[&x.buf, &values, &indices], &[x.len as u32], (groups as u32, 1, 1));
+        self.dispatch("argmax_final", &[&values, &indices, &result], &[groups as u32], (1, 1, 1));
+        result
     }
 
     /// A kernel that may have a subgroup variant (the matrix kernels but the tiled ones, which reduce nothing; the
@@ -191,6 +223,7 @@ impl Backend for Gpu {
     type Routing = Routing;
     type KvCache = KvCache;
     type LinearState = LinearState;
+    type Chosen = Chosen;
 
     fn new_kv_cache(&self, width: usize) -> Result<KvCache> {
         Ok(KvCache { keys: self.zeros(width)?, values: self.zeros(width)?, capacity: 0, width })
@@ -224,16 +257,11 @@ impl Backend for Gpu {
     fn embed(&self, table: &GpuMatrix, tokens: &[u32]) -> Result<Act> {
         ensure!(tokens.len() <= 65535, "at most 65535 tokens per forward call on the GPU");
         let ids = self.upload("token ids", bytemuck::cast_slice(tokens))?;
-        let out = self.empty(tokens.len() * table.cols);
-        let kernel = self.kernel(&format!("embed_{}", table.format));
-        let grid = (table.cols.div_ceil(64) as u32, tokens.len() as u32, 1);
-        // Each piece of a split table fills the rows of the tokens it holds.
-        for (row0, piece) in table.pieces() {
-            let [w, s, b] = piece.offsets;
-            let params = [table.cols as u32, w, s, b, row0 as u32, piece.rows as u32];
-            self.dispatch(kernel, &[&piece.buf, &ids, &out.buf], &params, grid);
-        }
-        Ok(out)
+        Ok(self.embed_ids(table, &ids, tokens.len()))
+    }
+
+    fn embed_chosen(&self, table: &GpuMatrix, chosen: &Chosen) -> Result<Act> {
+        Ok(self.embed_ids(table, &chosen.id, 1))
     }
 
     fn matmul(&self, x: &Act, w: &GpuMatrix) -> Act {
@@ -509,13 +537,29 @@ impl Backend for Gpu {
     }
 
     fn argmax(&self, x: &Act) -> Result<u32> {
-        let groups = x.len.div_ceil(4096);
-        assert!(groups <= 65535, "argmax over more than 268M values");
-        let (values, indices, result) = (self.scratch(groups), self.scratch(groups), self.scratch(1));
-        self.dispatch("argmax_partial", &[&x.buf, &values, &indices], &[x.len as u32], (groups as u32, 1, 1));
-        self.dispatch("argmax_final", &[&values, &indices, &result], &[groups as u32], (1, 1, 1));
-        let bytes = self.read_back(&result, 1)?;
+        let bytes = self.read_back(&self.argmax_id(x), 1)?;
         Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+    }
+
+    fn choose(&self, x: &Act) -> Result<Chosen> {
+        let id = self.argmax_id(x);
+        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("chosen token"),
+            size: 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.copy_out(&id, &readback, 4);
+        let submission = self.flush().expect("the choice was recorded");
+        self.settle_pool();
+        readback.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        Ok(Chosen { id, readback, submission })
+    }
+
+    fn read_chosen(&self, chosen: &Chosen) -> Result<u32> {
+        self.wait_for(Some(chosen.submission.clone()))?;
+        let view = chosen.readback.slice(..).get_mapped_range().map_err(|e| anyhow!("reading the chosen token: {e}"))?;
+        Ok(u32::from_le_bytes(view[..4].try_into().unwrap()))
     }
 
     fn counters(&self) -> Counters {
@@ -808,7 +852,7 @@ impl Gpu {
             mapped_at_creation: true,
         });
         {
-            let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| anyhow!("{what}: {e}"))?;
             for (e, expert) in experts.iter().enumerate() {
                 let (c, record) = expert_record(expert, None)?;
                 ensure!(c == components, "{what}: expert {e}'s layout differs from expert 0's");

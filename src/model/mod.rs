@@ -39,6 +39,31 @@ pub enum Logits {
     Last,
 }
 
+/// What a forward call runs: token ids, or one token a greedy choice left on the device ([`Model::choose`]).
+pub enum Input<'a, B: Backend> {
+    Ids(&'a [u32]),
+    Chosen(&'a B::Chosen),
+}
+
+// By hand: a derive would ask B itself to be Copy.
+impl<B: Backend> Clone for Input<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for Input<'_, B> {}
+
+impl<B: Backend> Input<'_, B> {
+    /// Tokens it holds.
+    pub fn tokens(&self) -> usize {
+        match self {
+            Input::Ids(ids) => ids.len(),
+            Input::Chosen(_) => 1,
+        }
+    }
+}
+
 /// Everything a sequence carries from one forward call to the next.
 pub struct State<B: Backend = Cpu> {
     /// Tokens already processed (the position of the next one).
@@ -158,22 +183,31 @@ impl<B: Backend> Model<B> {
     /// Runs `tokens` through the model after what `state` holds, updating it. Several tokens are one batched
     /// prefill; one token is a decode step. Returns logits `[n, vocab]` for the positions `which` selects.
     pub fn forward(&self, tokens: &[u32], state: &mut State<B>, which: Logits) -> Result<Vec<f32>> {
-        let logits = self.logits(tokens, state, which)?;
+        let logits = self.logits(Input::Ids(tokens), state, which)?;
         self.backend.read(&logits)
     }
 
     /// Like [`Model::forward`] for the last position, returning only its most likely next token (greedy
     /// decoding: the backend reads back one id, not the logits).
     pub fn forward_greedy(&self, tokens: &[u32], state: &mut State<B>) -> Result<u32> {
-        let logits = self.logits(tokens, state, Logits::Last)?;
+        let logits = self.logits(Input::Ids(tokens), state, Logits::Last)?;
         self.backend.argmax(&logits)
     }
 
-    fn logits(&self, tokens: &[u32], state: &mut State<B>, which: Logits) -> Result<B::Act> {
-        if tokens.is_empty() {
-            bail!("no tokens to run");
+    /// Like [`Model::forward_greedy`], its choice left on the device ([`Backend::choose`]): a token chosen so
+    /// can be the next call's input before the CPU reads it ([`Backend::read_chosen`]).
+    pub fn choose(&self, input: Input<B>, state: &mut State<B>) -> Result<B::Chosen> {
+        let logits = self.logits(input, state, Logits::Last)?;
+        self.backend.choose(&logits)
+    }
+
+    fn logits(&self, input: Input<B>, state: &mut State<B>, which: Logits) -> Result<B::Act> {
+        if let Input::Ids(tokens) = input {
+            if tokens.is_empty() {
+                bail!("no tokens to run");
+            }
+            self.config.check_tokens(tokens)?;
         }
-        self.config.check_tokens(tokens)?;
-        qwen35::forward(&self.backend, &self.config, &self.weights, tokens, state, which)
+        qwen35::forward(&self.backend, &self.config, &self.weights, input, state, which)
     }
 }

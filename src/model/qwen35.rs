@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 
-use super::{LayerState, Logits, State};
+use super::{Input, LayerState, Logits, State};
 use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::weights::{AttentionWeights, ExpertWeights, LinearAttnWeights, Mixer, MoeWeights, Weights};
@@ -16,12 +16,16 @@ pub fn forward<B: Backend>(
     b: &B,
     c: &ModelConfig,
     w: &Weights<B>,
-    tokens: &[u32],
+    input: Input<B>,
     state: &mut State<B>,
     which: Logits,
 ) -> Result<B::Act> {
     let (h, eps) = (c.hidden_size, c.rms_norm_eps);
-    let mut hidden = b.embed(&w.embed, tokens)?;
+    let t = input.tokens();
+    let mut hidden = match input {
+        Input::Ids(tokens) => b.embed(&w.embed, tokens)?,
+        Input::Chosen(chosen) => b.embed_chosen(&w.embed, chosen)?,
+    };
     let mut x = b.rms_norm(&hidden, &w.layers[0].input_norm, h, eps);
     for (i, (layer, layer_state)) in w.layers.iter().zip(state.layers.iter_mut()).enumerate() {
         let mixed = match (&layer.mixer, layer_state) {
@@ -32,10 +36,10 @@ pub fn forward<B: Backend>(
         let moe_input = b.add_rms_norm(&mut hidden, &mixed, &layer.post_attn_norm, h, eps);
         // The block's end also normalizes hidden for what comes next: the next layer, or the lm_head.
         let next_norm = w.layers.get(i + 1).map_or(&w.final_norm, |next| &next.input_norm);
-        let read_ahead = w.layers.get(i + 1).map(|next| &next.moe).filter(|next| b.reads_ahead(&next.experts, tokens.len()));
+        let read_ahead = w.layers.get(i + 1).map(|next| &next.moe).filter(|next| b.reads_ahead(&next.experts, t));
         x = sparse_moe(b, c, &layer.moe, &moe_input, &mut hidden, next_norm, read_ahead)?;
     }
-    state.pos += tokens.len();
+    state.pos += t;
     let last = match which {
         Logits::All => x,
         Logits::Last => b.last_row(&x, h),
