@@ -134,6 +134,12 @@ pub trait Backend: Storage + Sized {
     /// step before it reads this one's token ([`Backend::read_chosen`]), so the device need not wait for the CPU
     /// between tokens.
     fn choose(&self, x: &Self::Act) -> Result<Self::Chosen>;
+    /// Whether [`Backend::choose`] returns before the choice is made, its work only recorded (a GPU's): only then
+    /// does running the next step before reading a choice back gain anything. Where it does not, running ahead
+    /// would only show each token a step later (the CPU computes as it goes).
+    fn runs_ahead(&self) -> bool {
+        false
+    }
     /// The chosen token, in host memory: waits for the device until it has chosen it, not for work recorded after.
     fn read_chosen(&self, chosen: &Self::Chosen) -> Result<u32>;
     /// The embedding row of a chosen token (a one-token [`Backend::embed`]).

@@ -164,10 +164,14 @@ impl<'m, B: Backend> Session<'m, B> {
         let mut sampler = Sampler::new(g.sampling.clone(), &[&self.history[..], &prompt_ids[..]].concat());
         let think_close = self.encode("\n</think>\n\n")?;
         let mut in_thought = g.thinking;
-        // Whether the token after `generated` surely comes from a plain decode step (not at the token limit, not
-        // where the thinking budget may close the thought), so that greedy decoding may run that step early.
+        // Greedy decoding runs the step after a token before reading the token back where that keeps the device
+        // busy: the backend records work without doing it (a GPU), and no step waits for the device midway (as
+        // streamed experts do, layer by layer: there the token would only show a step later). And only where that
+        // step surely follows as a plain decode step (not at the token limit, not where the thinking budget may
+        // close the thought).
+        let run_ahead = self.model.backend.runs_ahead() && self.model.store.is_none();
         let plain_step_follows = |generated: usize, in_thought: bool| {
-            generated + 1 < g.max_tokens && !(in_thought && g.think_budget.is_some_and(|b| generated + 1 >= b))
+            run_ahead && generated + 1 < g.max_tokens && !(in_thought && g.think_budget.is_some_and(|b| generated + 1 >= b))
         };
         let start = Instant::now();
         let (mut next, mut ahead) = if sampler.is_greedy() {

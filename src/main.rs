@@ -714,14 +714,16 @@ impl Job for Bench {
         let (before, at_decode) = (model.backend.counters(), streamed());
         let layers_at_decode = model.store.as_ref().map(|s| s.layer_stats());
         let start = Instant::now();
-        // Greedy decoding as generation runs it: each step recorded before the token it feeds is read back.
+        // Greedy decoding as generation runs it: each step recorded before the token it feeds is read back, where
+        // that keeps the device busy (see Session::generate_ids).
+        let run_ahead = model.backend.runs_ahead() && model.store.is_none();
         let mut running = None;
         for i in 0..args.gen_tokens {
             let chosen = match running.take() {
                 Some(chosen) => chosen,
                 None => model.choose(Input::Ids(&[next]), &mut state)?,
             };
-            if i + 1 < args.gen_tokens {
+            if run_ahead && i + 1 < args.gen_tokens {
                 running = Some(model.choose(Input::Chosen(&chosen), &mut state)?);
             }
             next = model.backend.read_chosen(&chosen)?;

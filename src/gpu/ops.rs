@@ -556,6 +556,10 @@ impl Backend for Gpu {
         Ok(Chosen { id, readback, submission })
     }
 
+    fn runs_ahead(&self) -> bool {
+        true
+    }
+
     fn read_chosen(&self, chosen: &Chosen) -> Result<u32> {
         self.wait_for(Some(chosen.submission.clone()))?;
         let view = chosen.readback.slice(..).get_mapped_range().map_err(|e| anyhow!("reading the chosen token: {e}"))?;
