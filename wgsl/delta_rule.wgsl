@@ -4,7 +4,9 @@
 // The state S [dk, dv] stays in registers for the whole call: each column j is held by Q threads (p.q, the
 // power of two ≥ dk / 32), R = 32 rows each, so 64 / Q columns per workgroup; their partial sums of Sᵀk and Sᵀq
 // meet in workgroup memory. (Before, every token read and wrote the state in memory twice: 110 ms of a
-// 512-token prefill of 35B-A3B on the H100.) Grid: (hv, ceil(dv / (64 / Q))). dk ≤ 256 and a multiple of 8.
+// 512-token prefill of 35B-A3B on the H100.) A token's inputs (q, k, v, b, a) are loaded into registers while the
+// token before it is computed, so the walk over the tokens waits for memory once, not once per token. Grid: (hv,
+// ceil(dv / (64 / Q))). dk ≤ 256 and a multiple of 8.
 
 struct Params {
     t: u32,
@@ -32,6 +34,9 @@ const R: u32 = 32u;
 var<workgroup> qn: array<f32, 256>;
 var<workgroup> kn: array<f32, 256>;
 var<workgroup> part: array<f32, 64>;
+// Each thread's share of the token's |q|² and |k|².
+var<workgroup> q_squares: array<f32, 64>;
+var<workgroup> k_squares: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -55,26 +60,55 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let a_scale = -exp(a_log[hh]);
     let dtb = dt_bias[hh];
     let inv_sqrt_dk = 1.0 / sqrt(f32(p.dk));
+    // Token i's inputs: rows lane + 64·m of q and k, this column's v, b and a (loaded during token i - 1).
+{% macro load_inputs(i) %}
+    {
+        let row = {{ i }} * p.channels;
+{% for m in range(4) %}
+        q_in{{ m }} = conv[row + kh * p.dk + min(lane + {{ 64 * m }}u, p.dk - 1u)];
+        k_in{{ m }} = conv[row + kd + kh * p.dk + min(lane + {{ 64 * m }}u, p.dk - 1u)];
+{% endfor %}
+        v_in = conv[row + 2u * kd + hh * p.dv + jv];
+        b_in = b[{{ i }} * p.hv + hh];
+        a_in = a[{{ i }} * p.hv + hh];
+    }
+{% endmacro %}
+{% for m in range(4) %}
+    var q_in{{ m }} = 0.0;
+    var k_in{{ m }} = 0.0;
+{% endfor %}
+    var v_in = 0.0;
+    var b_in = 0.0;
+    var a_in = 0.0;
+{{ load_inputs("0u") }}
     for (var i = 0u; i < p.t; i++) {
-        let row = i * p.channels;
-        for (var r = lane; r < p.dk; r += 64u) {
-            qn[r] = conv[row + kh * p.dk + r];
-            kn[r] = conv[row + kd + kh * p.dk + r];
+        var sq_part = 0.0;
+        var sk_part = 0.0;
+{% for m in range(4) %}
+        if (lane + {{ 64 * m }}u < p.dk) {
+            qn[lane + {{ 64 * m }}u] = q_in{{ m }};
+            kn[lane + {{ 64 * m }}u] = k_in{{ m }};
+            sq_part = fma(q_in{{ m }}, q_in{{ m }}, sq_part);
+            sk_part = fma(k_in{{ m }}, k_in{{ m }}, sk_part);
         }
-        let v = conv[row + 2u * kd + hh * p.dv + jv];
-        let beta = sigmoid(b[i * p.hv + hh]);
-        let decay = exp(a_scale * softplus(a[i * p.hv + hh] + dtb));
+{% endfor %}
+        q_squares[lane] = sq_part;
+        k_squares[lane] = sk_part;
+        let v = v_in;
+        let beta = sigmoid(b_in);
+        let decay = exp(a_scale * softplus(a_in + dtb));
+{{ load_inputs("min(i + 1u, p.t - 1u)") }}
         workgroupBarrier();
-        // Every thread sums the norms itself (the same addresses for all: broadcast reads, no reduction).
+        // Every thread sums the 64 shares itself (the same addresses for all: broadcast reads, no reduction).
         var sq = 0.0;
         var sk = 0.0;
-        for (var r = 0u; r < p.dk; r += 8u) {
+        for (var r = 0u; r < 64u; r += 8u) {
 {% for c in range(8) %}
-            let q{{ c }} = qn[r + {{ c }}u];
-            let k{{ c }} = kn[r + {{ c }}u];
+            let q{{ c }} = q_squares[r + {{ c }}u];
+            let k{{ c }} = k_squares[r + {{ c }}u];
 {% endfor %}
-            sq += ((q0 * q0 + q1 * q1) + (q2 * q2 + q3 * q3)) + ((q4 * q4 + q5 * q5) + (q6 * q6 + q7 * q7));
-            sk += ((k0 * k0 + k1 * k1) + (k2 * k2 + k3 * k3)) + ((k4 * k4 + k5 * k5) + (k6 * k6 + k7 * k7));
+            sq += ((q0 + q1) + (q2 + q3)) + ((q4 + q5) + (q6 + q7));
+            sk += ((k0 + k1) + (k2 + k3)) + ((k4 + k5) + (k6 + k7));
         }
         let inv_q = 1.0 / sqrt(sq + 1e-6) * inv_sqrt_dk;
         let inv_k = 1.0 / sqrt(sk + 1e-6);
