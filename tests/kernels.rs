@@ -346,7 +346,8 @@ fn attention_prefill_then_decode() {
 
 /// Gated DeltaNet's conv, recurrence and gated norm, the states carried across calls: prefills of several tokens
 /// and decode steps (one dispatch where a workgroup holds a value head: not for dv = 70, 9 or 300), from the first
-/// position on, with prompts shorter and longer than the conv.
+/// position on, with prompts shorter and longer than the conv, and one of several 16-token chunks of the conv (the
+/// first reads the conv state, the others only the prompt).
 #[test]
 fn gated_delta_net_carries_its_states() {
     let Some(mut b) = bench() else { return };
@@ -385,7 +386,7 @@ fn gated_delta_net_carries_its_states() {
         };
         let mut cpu_state = Cpu.new_linear_state(&l).unwrap();
         let mut gpu_state = b.gpu.new_linear_state(&l).unwrap();
-        for t in [1, 2, 1, 7, 1, 1, 1, 1, 3, 1] {
+        for t in [1, 2, 1, 7, 1, 1, 1, 1, 3, 1, 37, 1] {
             let (x, gx) = b.random(t * channels, 1.0);
             let (z, gz) = b.random(t * hv * dv, 2.0);
             let (beta, gbeta) = b.random(t * hv, 2.0);

@@ -421,7 +421,10 @@ impl Backend for Gpu {
         }
         let conv = self.empty(x.len);
         let params = [t as u32, channels as u32, kernel, pos];
-        self.dispatch("conv1d", &[&x.buf, &w.conv1d, &state.conv, &conv.buf], &params, grid_1d(channels));
+        // Chunks of 16 tokens in parallel, where only the first reads the ring (see wgsl/conv1d.wgsl).
+        let chunks = if kernel <= 17 { t.div_ceil(16).min(65535) } else { 1 };
+        let grid = (channels.div_ceil(64) as u32, chunks as u32, 1);
+        self.dispatch("conv1d", &[&x.buf, &w.conv1d, &state.conv, &conv.buf], &params, grid);
         let recurrence = self.empty(t * hv * dv);
         // Threads per state column: each holds 32 of its dk rows (see wgsl/delta_rule.wgsl).
         let q = dk.div_ceil(32).next_power_of_two();
