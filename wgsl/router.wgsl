@@ -1,7 +1,7 @@
 // MoE routing on the GPU, one workgroup of 64 per token: the k experts of largest softmax probability (ties to the
 // lower index), renormalized to sum 1 when `renorm`; written sorted by expert index as ids and weights, k per
 // token. With `with_shared`, each token's logits row has one more entry, the shared expert's gate, and the token
-// gets expert e (the shared expert's record) as a (k+1)-th choice weighted sigmoid(gate). e ≤ 1024, k ≤ 64.
+// gets expert e (the shared expert's record) as a (k+1)-th choice weighted sigmoid(gate). e ≤ 1024, k < 64.
 //
 // A decode step runs this one workgroup alone, so its time is rounds of latency: every thread loads its logits
 // (expert lid + 64·s) into registers at once, and the top k are k rounds of a workgroup arg-max over the logits

@@ -155,9 +155,9 @@ impl Gpu {
         result
     }
 
-    /// A kernel that may have a subgroup variant (the matrix kernels but the tiled ones, which reduce nothing; the
-    /// router and the norms): that one where subgroups are on.
-    fn matrix_kernel(&self, name: &str) -> &'static str {
+    /// Kernel `name`, or its subgroup variant `{name}_sg` where subgroups are on and it has one (the matrix kernels
+    /// but the tiled ones, which reduce nothing; the router; the norms).
+    fn sg_variant(&self, name: &str) -> &'static str {
         match self.subgroups.get().then(|| kernels::find(&format!("{name}_sg"))).flatten() {
             Some(k) => k.name,
             None => self.kernel(name),
@@ -188,9 +188,9 @@ impl Gpu {
         let gate_up = [i as u32, h as u32, k as u32, e.stride, gw, gs, gb, uw, us, ub, first];
         let down = [h as u32, i as u32, e.stride, dw, ds, db, first];
         if layout == ExpertLayout::PerPair {
-            let kernel = self.matrix_kernel(&format!("expert_gate_up_{}", e.gate_up_format));
+            let kernel = self.sg_variant(&format!("expert_gate_up_{}", e.gate_up_format));
             self.dispatch(kernel, &[&e.buf, &x.buf, ids, &act.buf], &gate_up, (i.div_ceil(16) as u32, n, 1));
-            let kernel = self.matrix_kernel(&format!("expert_down_{}", e.down_format));
+            let kernel = self.sg_variant(&format!("expert_down_{}", e.down_format));
             self.dispatch(kernel, &[&e.buf, &act.buf, ids, &out.buf], &down, (h.div_ceil(32) as u32, n, 1));
             return;
         }
@@ -204,10 +204,10 @@ impl Gpu {
             ExpertLayout::Grouped => ("grouped".to_string(), 8, 16),
             _ => (format!("tiles{size}"), 32, 64),
         };
-        let kernel = self.matrix_kernel(&format!("expert_gate_up_{}_{suffix}", e.gate_up_format));
+        let kernel = self.sg_variant(&format!("expert_gate_up_{}_{suffix}", e.gate_up_format));
         let buffers = [&*e.buf, &x.buf, ids, &act.buf, &order, &chunk_table];
         self.dispatch(kernel, &buffers, &gate_up, (i.div_ceil(gate_up_rows) as u32, chunks as u32, 1));
-        let kernel = self.matrix_kernel(&format!("expert_down_{}_{suffix}", e.down_format));
+        let kernel = self.sg_variant(&format!("expert_down_{}_{suffix}", e.down_format));
         let buffers = [&*e.buf, &act.buf, ids, &out.buf, &order, &chunk_table];
         self.dispatch(kernel, &buffers, &down, (h.div_ceil(down_rows) as u32, chunks as u32, 1));
     }
@@ -271,7 +271,7 @@ impl Backend for Gpu {
         // Each piece of a split matrix writes its rows of the output.
         for (row0, piece) in w.pieces() {
             let (layout, grid) = matmul_layout(piece.rows, w.cols, t, true, &w.format);
-            let kernel = self.matrix_kernel(&format!("matmul_{}_{layout}", w.format));
+            let kernel = self.sg_variant(&format!("matmul_{}_{layout}", w.format));
             let [wo, so, bo] = piece.offsets;
             let params = [piece.rows as u32, w.cols as u32, t as u32, wo, so, bo, total as u32, row0 as u32];
             self.dispatch(kernel, &[&piece.buf, &x.buf, &out.buf], &params, grid);
@@ -298,7 +298,7 @@ impl Backend for Gpu {
         let mut bound: Vec<&Buf> = vec![&first.buf, &x.buf];
         bound.extend(outs.iter().map(|o| &o.buf).chain(unused.iter()));
         let (layout, grid) = matmul_layout(rows, cols, t, false, &first.format);
-        let kernel = self.matrix_kernel(&format!("matmul_{}_{layout}_split", first.format));
+        let kernel = self.sg_variant(&format!("matmul_{}_{layout}_split", first.format));
         let [wo, so, bo] = first.offsets;
         let params = [rows as u32, cols as u32, t as u32, wo, so, bo, ends[0], ends[1], ends[2]];
         self.dispatch(kernel, &bound, &params, grid);
@@ -309,7 +309,7 @@ impl Backend for Gpu {
         let out = self.empty(x.len);
         let rows = x.len / dim;
         let grid = rows_grid(rows);
-        self.dispatch(self.matrix_kernel("rms_norm"), &[&x.buf, weight, &out.buf], &[dim as u32, eps.to_bits(), rows as u32], grid);
+        self.dispatch(self.sg_variant("rms_norm"), &[&x.buf, weight, &out.buf], &[dim as u32, eps.to_bits(), rows as u32], grid);
         out
     }
 
@@ -317,7 +317,7 @@ impl Backend for Gpu {
         let out = self.empty(hidden.len);
         let rows = hidden.len / dim;
         let params = [dim as u32, eps.to_bits(), rows as u32];
-        self.dispatch(self.matrix_kernel("add_rms_norm"), &[&hidden.buf, weight, &x.buf, &out.buf], &params, rows_grid(rows));
+        self.dispatch(self.sg_variant("add_rms_norm"), &[&hidden.buf, weight, &x.buf, &out.buf], &params, rows_grid(rows));
         out
     }
 
@@ -433,7 +433,7 @@ impl Backend for Gpu {
         self.dispatch("delta_rule", &buffers, &params, (hv as u32, dv.div_ceil(64 / q) as u32, 1));
         let rows = t * hv;
         let params = [dv as u32, eps.to_bits(), rows as u32];
-        self.dispatch(self.matrix_kernel("rms_norm_gated"), &[&recurrence.buf, &w.norm, &z.buf, &out.buf], &params, rows_grid(rows));
+        self.dispatch(self.sg_variant("rms_norm_gated"), &[&recurrence.buf, &w.norm, &z.buf, &out.buf], &params, rows_grid(rows));
         out
     }
 
@@ -449,7 +449,7 @@ impl Backend for Gpu {
         let per_token = k + shared;
         let (ids, weights) = (self.scratch(tokens * per_token), self.scratch(tokens * per_token));
         let params = [tokens as u32, e as u32, k as u32, renormalize as u32, shared as u32];
-        self.dispatch(self.matrix_kernel("router"), &[&logits.buf, &ids, &weights], &params, (tokens as u32, 1, 1));
+        self.dispatch(self.sg_variant("router"), &[&logits.buf, &ids, &weights], &params, (tokens as u32, 1, 1));
         Routing { ids, weights, tokens, k: per_token }
     }
 
@@ -521,9 +521,9 @@ impl Backend for Gpu {
         match shared {
             Some((shared_out, gate)) => {
                 buffers.extend([&shared_out.buf, &gate.buf]);
-                self.dispatch(self.matrix_kernel("moe_combine_shared_rms_norm"), &buffers, &params, grid);
+                self.dispatch(self.sg_variant("moe_combine_shared_rms_norm"), &buffers, &params, grid);
             }
-            None => self.dispatch(self.matrix_kernel("moe_combine_rms_norm"), &buffers, &params, grid),
+            None => self.dispatch(self.sg_variant("moe_combine_rms_norm"), &buffers, &params, grid),
         }
         out
     }
@@ -634,7 +634,7 @@ impl WeightsFrom for Gpu {
             } else if stems.iter().any(|stem| {
                 name.strip_prefix(stem.as_str()).is_some_and(|r| layouts.contains(&r.replacen("_split", "", 1).as_str()))
             }) {
-                names.push(self.matrix_kernel(name));
+                names.push(self.sg_variant(name));
             }
         }
         drop(stems);
