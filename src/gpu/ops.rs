@@ -624,7 +624,7 @@ impl WeightsFrom for Gpu {
         let weights = host.transfer(&mut &*self)?;
         // Every pipeline the forward pass will use, built now and in parallel rather than one by one on first use.
         // Weight kernels by their plain names (a stem and a layout, each also as a split), each built as the variant
-        // matrix_kernel runs; every other kernel as it is.
+        // sg_variant runs; every other kernel as it is.
         let stems = self.weight_kernels.borrow();
         let layouts = ["", "_grouped", "_tiles64", "_tiles32", "_nt1", "_nt1l", "_nt1w", "_nt8", "_nt64"];
         let mut names: Vec<&'static str> = Vec::new();
