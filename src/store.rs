@@ -422,34 +422,35 @@ impl ExpertStore {
     /// parallel (one pread each) and kept in the cache as its policy decides. `sink(i, bytes)` sees each record
     /// as soon as it is there, on the reading thread (the GPU copies it into its staging buffer then).
     pub fn fetch(&self, layer: usize, experts: &[usize], sink: impl Fn(usize, &[u8]) + Sync) -> Result<Vec<Arc<Record>>> {
+        let start = Instant::now();
         let mut found: Vec<Option<Arc<Record>>> = vec![None; experts.len()];
+        // Records still being read ahead: waited for while this call reads its misses, not before (the disk
+        // gets both at once), and taken when they land rather than read twice.
+        let mut pending = Vec::new();
         {
             let mut ram = self.ram.lock().unwrap();
             let cached = ram.cache.capacity() > 0;
-            for (slot, &e) in found.iter_mut().zip(experts) {
-                // A record still being read ahead is waited for rather than read twice.
-                while ram.reading_ahead.contains(&(layer, e)) {
-                    ram = self.ready.wait(ram).unwrap();
-                }
+            for (i, &e) in experts.iter().enumerate() {
                 if cached {
                     self.counters[layer].ram_lookups.fetch_add(1, Relaxed);
                     if let Some(s) = ram.cache.get((layer, e)) {
                         self.counters[layer].ram_hits.fetch_add(1, Relaxed);
-                        *slot = ram.records[s].clone();
+                        found[i] = ram.records[s].clone();
                         continue;
                     }
                 }
                 if let Some(record) = ram.ahead.remove(&(layer, e)) {
                     self.counters[layer].prefetch_hits.fetch_add(1, Relaxed);
-                    *slot = Some(record);
+                    found[i] = Some(record);
+                } else if ram.reading_ahead.contains(&(layer, e)) {
+                    pending.push(i);
                 }
             }
         }
-        let start = Instant::now();
         // Each hit is a task, and so is each run of misses of experts stored one after the other, read at once
         // (a batched prefill misses most of a layer: fewer, larger reads get more from a disk than one per record).
         let mut tasks: Vec<Vec<usize>> = (0..experts.len()).filter(|&i| found[i].is_some()).map(|i| vec![i]).collect();
-        let mut missing: Vec<usize> = (0..experts.len()).filter(|&i| found[i].is_none()).collect();
+        let mut missing: Vec<usize> = (0..experts.len()).filter(|&i| found[i].is_none() && !pending.contains(&i)).collect();
         missing.sort_by_key(|&i| experts[i]);
         let (run_records, hits) = ((RUN_BYTES / self.stride()).max(1) as usize, tasks.len());
         for i in missing {
@@ -458,22 +459,36 @@ impl ExpertStore {
                 _ => tasks.push(vec![i]),
             }
         }
-        let done: Vec<Vec<(usize, Arc<Record>)>> = tasks
-            .into_par_iter()
-            .map(|task| {
-                let records: Vec<Arc<Record>> = match &found[task[0]] {
-                    Some(hit) => vec![hit.clone()],
-                    None => {
-                        let es: Vec<usize> = task.iter().map(|&i| experts[i]).collect();
-                        self.read_run(layer, &es)?.into_iter().map(Arc::new).collect()
-                    }
-                };
-                task.iter().zip(&records).for_each(|(&i, r)| sink(i, (**r).as_ref()));
-                Ok(task.into_iter().zip(records).collect())
-            })
-            .collect::<Result<_>>()?;
+        let run_tasks = || -> Result<Vec<(usize, Arc<Record>)>> {
+            let done: Vec<Vec<(usize, Arc<Record>)>> = tasks
+                .into_par_iter()
+                .map(|task| {
+                    let records: Vec<Arc<Record>> = match &found[task[0]] {
+                        Some(hit) => vec![hit.clone()],
+                        None => {
+                            let es: Vec<usize> = task.iter().map(|&i| experts[i]).collect();
+                            self.read_run(layer, &es)?.into_iter().map(Arc::new).collect()
+                        }
+                    };
+                    task.iter().zip(&records).for_each(|(&i, r)| sink(i, (**r).as_ref()));
+                    Ok(task.into_iter().zip(records).collect())
+                })
+                .collect::<Result<_>>()?;
+            Ok(done.into_iter().flatten().collect())
+        };
+        let (done, waited) = if pending.is_empty() {
+            (run_tasks()?, Vec::new())
+        } else {
+            // The calling thread waits, never a pool thread: the reads it waits for run on the pool.
+            std::thread::scope(|scope| {
+                let reading = scope.spawn(run_tasks);
+                let waited = self.take_read_ahead(layer, experts, &pending, &sink);
+                let done = reading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                Ok::<_, anyhow::Error>((done?, waited?))
+            })?
+        };
         let mut records: Vec<Option<Arc<Record>>> = vec![None; experts.len()];
-        for (i, r) in done.into_iter().flatten() {
+        for (i, r) in done.into_iter().chain(waited) {
             records[i] = Some(r);
         }
         let records: Vec<Arc<Record>> = records.into_iter().map(|r| r.expect("every expert found or read")).collect();
@@ -491,6 +506,38 @@ impl ExpertStore {
             }
         }
         Ok(records)
+    }
+
+    /// The records `pending` (indices into `experts`) that were being read ahead, each once it lands; one whose
+    /// read failed is read again here, so that its error names it.
+    fn take_read_ahead(
+        &self,
+        layer: usize,
+        experts: &[usize],
+        pending: &[usize],
+        sink: &(impl Fn(usize, &[u8]) + Sync),
+    ) -> Result<Vec<(usize, Arc<Record>)>> {
+        let mut taken = Vec::with_capacity(pending.len());
+        for &i in pending {
+            let e = experts[i];
+            let landed = {
+                let mut ram = self.ram.lock().unwrap();
+                while ram.reading_ahead.contains(&(layer, e)) {
+                    ram = self.ready.wait(ram).unwrap();
+                }
+                ram.ahead.remove(&(layer, e))
+            };
+            let record = match landed {
+                Some(record) => {
+                    self.counters[layer].prefetch_hits.fetch_add(1, Relaxed);
+                    record
+                }
+                None => Arc::new(self.read(layer, e)?),
+            };
+            sink(i, (*record).as_ref());
+            taken.push((i, record));
+        }
+        Ok(taken)
     }
 
     /// Whether a forward call of `tokens` tokens reads experts ahead.
