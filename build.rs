@@ -39,7 +39,8 @@ fn variants() -> Vec<(String, &'static str, Value)> {
             let sg = if subgroups { "_sg" } else { "" };
             // Tokens per pass: 1 (decode; `w`: the wide layout for matrices with few rows; `l`: quantized rows longer
             // than 2,048 columns, x staged 4,096 columns at a time), 8 or 64; each also as a split.
-            // 64: tiles of 64 tokens, for 2, 4 and 8 bits (no `_sg` variant: it reduces nothing).
+            // 64: tiles of 64 tokens, for 2, 4 and 8 bits, whose values never straddle words (no `_sg` variant: it
+            // reduces nothing).
             let affine = fmt.get_attr("kind").unwrap().as_str() == Some("affine");
             let in_tiles = affine && [2, 4, 8].contains(&fmt.get_attr("bits").unwrap().as_usize().unwrap());
             for (nt, layout, split) in [(1, "", false), (1, "w", false), (1, "l", false), (1, "", true), (1, "l", true), (8, "", false), (8, "", true), (64, "", false), (64, "", true)] {
@@ -50,15 +51,15 @@ fn variants() -> Vec<(String, &'static str, Value)> {
                 let (wide, long) = (layout == "w", layout == "l");
                 v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide, long }));
             }
-            // The expert kernels per pair (decode), `_grouped`: 8 pairs of one expert per pass (prefill), and
-            // `_tiles64` / `_tiles32`: 64 or 32 pairs of one expert per tile (long prefills; as the matmul's, for
-            // 2, 4 and 8 bits; like its tiles, without an `_sg` variant).
-            for (grouped, tiles) in [(false, 0), (true, 0), (true, 64), (true, 32)] {
-                if tiles > 0 && (!in_tiles || subgroups) {
+            // The expert kernels per pair (decode) and, for prefills, `_rows`: 16 pairs of one expert per pass, a
+            // thread per row (as the tiles, for 2, 4 and 8 bits, without an `_sg` variant), or for the other formats
+            // `_grouped`: 8 pairs of one expert per pass.
+            for (grouped, rows) in [(false, false), (true, false), (true, true)] {
+                if (rows && (!in_tiles || subgroups)) || (grouped && !rows && in_tiles) {
                     continue;
                 }
-                let g = if tiles > 0 { format!("_tiles{tiles}") } else if grouped { "_grouped".into() } else { String::new() };
-                let context = context! { fmt => fmt.clone(), subgroups, grouped, tiles };
+                let g = if rows { "_rows" } else if grouped { "_grouped" } else { "" };
+                let context = context! { fmt => fmt.clone(), subgroups, grouped, rows };
                 v.push((format!("expert_gate_up_{f}{g}{sg}"), "expert_gate_up.wgsl", context.clone()));
                 v.push((format!("expert_down_{f}{g}{sg}"), "expert_down.wgsl", context));
             }

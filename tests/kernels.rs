@@ -417,16 +417,18 @@ fn moe_routing_experts_and_combine() {
         // Decode reads x through a tile of 2,048 columns: hidden and intermediate sizes over two tiles.
         ("q4g64bf16", 3, 2, 1, 2176, 2112, true),
         // From 32 tokens on the pairs are grouped by expert, 8 per pass (more experts than the grouping's 256
-        // threads, chunks cut short, formats read by words and by units).
+        // threads, chunks cut short, formats read by units).
         ("q4g64bf16", 16, 8, 37, 128, 64, true),
         ("q2g32bf16", 9, 3, 45, 64, 96, false),
         ("q8g128f32", 300, 4, 33, 256, 128, true),
         ("bf16", 5, 2, 40, 96, 40, true),
         ("q3g32f16", 40, 10, 50, 64, 64, false),
-        // Where the experts average ≥ 16 pairs, 2-, 4- and 8-bit formats run in tiles of 32 pairs, from 32 in
-        // tiles of 64 (chunks cut short and left partly empty, down's rows not a multiple of the tile's 64; the
-        // 37-token case above runs in tiles of 32).
+        // 2-, 4- and 8-bit formats run 16 pairs of an expert at a time, a thread per row (each expert's last
+        // chunk cut short: passes of fewer than 16 tokens; rows not a multiple of a workgroup's 256 or 512,
+        // columns not a multiple of the 256 staged at a time; the grouped cases above in 2, 4 and 8 bits run so
+        // too).
         ("q4g64bf16", 4, 2, 150, 128, 192, true),
+        ("q4g64bf16", 5, 2, 190, 576, 320, true),
         ("q2g128f32", 3, 1, 200, 128, 128, false),
         ("q8g32f16", 6, 3, 70, 96, 96, true),
         ("q8g32f16", 6, 3, 40, 96, 96, false),

@@ -1,14 +1,14 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, grouped_chunk, tile_declarations, tile_matmul, expert_tile_globals, expert_tile_chunk %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, grouped_chunk, rows_declarations, rows_passes %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
 // each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
 // share its x loads; 16 lanes per row group, as the intermediate size (its columns) is small: 512 columns are 16
 // units of 32. Grid: (ceil(rows / 32), pairs).
-{% if tiles %}
-// Tiles (long prefills): each workgroup runs one chunk of up to {{ tiles }} pairs of one expert (group_pairs.wgsl)
-// over 64 rows (tile_matmul in matvec.wgsl). Grid: (ceil(rows / 64), chunks).
+{% if rows %}
+// Rows (prefills): each workgroup runs one chunk of up to 16 pairs of one expert (group_pairs.wgsl), each
+// thread 2 rows, 256 apart, over all of them (rows_passes in matvec.wgsl). Grid: (ceil(rows / 512), chunks).
 {% elif grouped %}
-// Grouped (prefill): each workgroup runs one chunk of up to 8 pairs of one expert (group_pairs.wgsl); each
-// thread unpacks 2 rows once for 8 tokens. Grid: (ceil(rows / (GROUPS · 2)), chunks).
+// Grouped (prefill, formats without rows): each workgroup runs one chunk of up to 8 pairs of one expert
+// (group_pairs.wgsl); each thread unpacks 2 rows once for 8 tokens. Grid: (ceil(rows / (GROUPS · 2)), chunks).
 {% endif %}
 
 struct Params {
@@ -35,39 +35,33 @@ var<workgroup> chunk_shared: vec2<u32>;
 {% include "weights.wgsl" %}
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
-{% if tiles %}
-{{ tile_declarations(fmt, tiles) }}
-{{ expert_tile_globals() }}
+{% if rows %}
+{{ rows_declarations() }}
 
-fn tile_row(r: u32) -> vec3<u32> {
-    let row = min(tile_row0 + r, p.rows - 1u);
-    let groups = row * (p.cols / GROUP);
-    return vec3<u32>(
-        (tile_record + p.down_w) / WB + row * (p.cols / 32u * BITS),
-        (tile_record + p.down_s) / SB + groups,
-        (tile_record + p.down_b) / SB + groups,
-    );
+// Chunk token t is the chunk's pair t (the last one past its count), whose input is its own row of x.
+fn token_x(chunk: vec2<u32>, t: u32) -> u32 {
+    return order[chunk.x + min(t, chunk.y - 1u)] * p.cols / 4u;
 }
 
-// Tile token t is the chunk's pair t (the last one past its count), whose input is its own row of x.
-fn tile_x(t: u32) -> u32 {
-    return order[tile_chunk.x + min(t, tile_chunk.y - 1u)] * p.cols / 4u;
-}
-
-@compute @workgroup_size({{ tiles // 4 }}, 16)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-{{ expert_tile_chunk(64) }}
-{{ tile_matmul(fmt, tiles) }}
-{% for j in range(4) %}
-    if (lid.x * 4u + {{ j }}u < chunk.y) {
-        let pair = order[chunk.x + lid.x * 4u + {{ j }}u];
-{% for i in range(4) %}
-        if (tile_row0 + lid.y * 4u + {{ i }}u < p.rows) {
-            y[pair * p.rows + tile_row0 + lid.y * 4u + {{ i }}u] = acc{{ i }}_{{ j }};
-        }
-{% endfor %}
+fn store_rows(i: u32, ra: u32, rb: u32, a: f32, b: f32) {
+    let pair = order[i];
+    if (ra < p.rows) {
+        y[pair * p.rows + ra] = a;
     }
-{% endfor %}
+    if (rb < p.rows) {
+        y[pair * p.rows + rb] = b;
+    }
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+{{ grouped_chunk(0, "lid == 0u") }}
+    let record = ids[order[chunk.x]] * p.stride;
+    let ma = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);
+    let mb = ma;
+    let ra = wid.x * 512u + lid;
+    let rb = ra + 256u;
+{{ rows_passes(fmt) }}
 }
 {% else %}
 {{ declarations(16 if grouped else 4, 16, 8) }}
@@ -86,9 +80,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let down = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);
     let row0 = (wid.x * GROUPS + lid.y) * 2u;
 {{ accumulators(2, 8) }}
-{% call for_units(fmt, true) %}
-{{ accumulate(fmt, "down", "min(row0, p.rows - 1u)", 0, 8, "valid", true) }}
-{{ accumulate(fmt, "down", "min(row0 + 1u, p.rows - 1u)", 1, 8, "valid", true) }}
+{% call for_units(fmt) %}
+{{ accumulate(fmt, "down", "min(row0, p.rows - 1u)", 0, 8, "valid") }}
+{{ accumulate(fmt, "down", "min(row0 + 1u, p.rows - 1u)", 1, 8, "valid") }}
 {% endcall %}
 {{ reduce(2, 8) }}
     // Lane n < 8 writes token n's two rows.

@@ -1,16 +1,17 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, grouped_chunk, tile_declarations, tile_matmul, expert_tile_globals, expert_tile_chunk %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, grouped_chunk, rows_declarations, rows_passes %}
 // The first half of every routed expert of a layer in one dispatch: for each (token, slot k) pair, the expert id
 // comes from `ids` (written by the router on the GPU: no CPU round trip) and
 //   act[pair, r] = silu(gate_e[r] · x[token]) · (up_e[r] · x[token]).
 // Experts are fixed-stride records in `w` (the floe format's layout); gate and up are of format {{ fmt.name }}.
 // Each thread sums 2 rows of gate and of up. Grid: (ceil(rows / (GROUPS · 2)), pairs).
-{% if tiles %}
-// Tiles (long prefills): each workgroup runs one chunk of up to {{ tiles }} pairs of one expert (group_pairs.wgsl)
-// over 32 rows of gate and the same 32 of up, a tile of 64 weight rows × {{ tiles }} tokens (tile_matmul in
-// matvec.wgsl). Grid: (ceil(rows / 32), chunks).
+{% if rows %}
+// Rows (prefills): each workgroup runs one chunk of up to 16 pairs of one expert (group_pairs.wgsl), each
+// thread a row of gate and the same row of up over all of them (rows_passes in matvec.wgsl), so it applies the
+// SwiGLU itself. Grid: (ceil(rows / 256), chunks).
 {% elif grouped %}
-// Grouped (prefill): each workgroup runs one chunk of up to 8 pairs of one expert (group_pairs.wgsl), so each
-// thread unpacks a row of gate and of up once for 8 tokens. Grid: (ceil(rows / GROUPS), chunks).
+// Grouped (prefill, formats without rows): each workgroup runs one chunk of up to 8 pairs of one expert
+// (group_pairs.wgsl), so each thread unpacks a row of gate and of up once for 8 tokens. Grid: (ceil(rows /
+// GROUPS), chunks).
 {% endif %}
 
 struct Params {
@@ -42,26 +43,19 @@ var<workgroup> chunk_shared: vec2<u32>;
 {% include "weights.wgsl" %}
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
-{% if tiles %}
-{{ tile_declarations(fmt, tiles) }}
-{{ expert_tile_globals() }}
+{% if rows %}
+{{ rows_declarations() }}
 
-// Tile row r is row tile_row0 + 2·(r / 4) + r % 2 of gate (r / 2 even) or of up (odd): each thread's 4 rows are 2
-// rows of gate and the same 2 of up, so it applies the SwiGLU itself.
-fn tile_row(r: u32) -> vec3<u32> {
-    let row = min(tile_row0 + (r / 4u) * 2u + r % 2u, p.rows - 1u);
-    let up = (r / 2u) % 2u == 1u;
-    let groups = row * (p.cols / GROUP);
-    return vec3<u32>(
-        (tile_record + select(p.gate_w, p.up_w, up)) / WB + row * (p.cols / 32u * BITS),
-        (tile_record + select(p.gate_s, p.up_s, up)) / SB + groups,
-        (tile_record + select(p.gate_b, p.up_b, up)) / SB + groups,
-    );
+// Chunk token t is the chunk's pair t (the last one past its count): x's row of that pair's token.
+fn token_x(chunk: vec2<u32>, t: u32) -> u32 {
+    return order[chunk.x + min(t, chunk.y - 1u)] / p.k * p.cols / 4u;
 }
 
-// Tile token t is the chunk's pair t (the last one past its count): x's row of that pair's token.
-fn tile_x(t: u32) -> u32 {
-    return order[tile_chunk.x + min(t, tile_chunk.y - 1u)] / p.k * p.cols / 4u;
+fn store_rows(i: u32, ra: u32, rb: u32, g: f32, u: f32) {
+    let pair = order[i];
+    if (ra < p.rows) {
+        act[pair * p.rows + ra] = g / (1.0 + exp(-g)) * u;
+    }
 }
 {% else %}
 {{ declarations(16 if grouped else 4) }}
@@ -70,25 +64,16 @@ fn tile_x(t: u32) -> u32 {
 {% if tiled %}{{ x_tile(64) }}{% endif %}
 {% endif %}
 
-{% if tiles %}
-@compute @workgroup_size({{ tiles // 4 }}, 16)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-{{ expert_tile_chunk(32) }}
-{{ tile_matmul(fmt, tiles) }}
-{% for j in range(4) %}
-    if (lid.x * 4u + {{ j }}u < chunk.y) {
-        let pair = order[chunk.x + lid.x * 4u + {{ j }}u];
-{% for i in range(2) %}
-        {
-            let row = tile_row0 + lid.y * 2u + {{ i }}u;
-            let g = acc{{ i }}_{{ j }};
-            if (row < p.rows) {
-                act[pair * p.rows + row] = g / (1.0 + exp(-g)) * acc{{ i + 2 }}_{{ j }};
-            }
-        }
-{% endfor %}
-    }
-{% endfor %}
+{% if rows %}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+{{ grouped_chunk(0, "lid == 0u") }}
+    let record = ids[order[chunk.x]] * p.stride;
+    let ma = Mat((record + p.gate_w) / WB, (record + p.gate_s) / SB, (record + p.gate_b) / SB, p.cols);
+    let mb = Mat((record + p.up_w) / WB, (record + p.up_s) / SB, (record + p.up_b) / SB, p.cols);
+    let ra = wid.x * 256u + lid;
+    let rb = ra;
+{{ rows_passes(fmt) }}
 }
 {% else %}
 @compute @workgroup_size(16, 8)
@@ -104,9 +89,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let row0 = wid.x * GROUPS + lid.y;
     let r0 = min(row0, p.rows - 1u);
 {{ accumulators(2, 8) }}
-{% call for_units(fmt, true) %}
-{{ accumulate(fmt, "gate", "r0", 0, 8, "valid", true) }}
-{{ accumulate(fmt, "up", "r0", 1, 8, "valid", true) }}
+{% call for_units(fmt) %}
+{{ accumulate(fmt, "gate", "r0", 0, 8, "valid") }}
+{{ accumulate(fmt, "up", "r0", 1, 8, "valid") }}
 {% endcall %}
 {{ reduce(2, 8) }}
     if (lid.x < chunk.y && row0 < p.rows) {

@@ -1,5 +1,5 @@
 // Orders the (token, slot) pairs first .. first + n of a layer by expert, for the grouped expert kernels
-// (expert_gate_up and expert_down with `grouped` or `tiles`): `order` lists the pairs expert by expert, and
+// (expert_gate_up and expert_down with `grouped` or `rows`): `order` lists the pairs expert by expert, and
 // chunks[c] = (start in `order`, count ≤ size) covers `size` of one expert's pairs; chunks past the last are
 // (0, 0). Which of an expert's pairs share a chunk varies from run to run, but every pair's result is computed
 // alone, so outputs do not. `work` is scratch for 2 · experts values (expert ids are < experts). Grid: one

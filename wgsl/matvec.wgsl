@@ -306,8 +306,8 @@ var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
 
 {# The grouped expert kernels' start: this workgroup's chunk (the same for all its threads, so an empty one may
    return before the barriers) and its first `pairs` pairs pair0.. (the last one repeated past the chunk's count). #}
-{% macro grouped_chunk(pairs=8) %}
-    if (lid.x == 0u && lid.y == 0u) {
+{% macro grouped_chunk(pairs=8, first="lid.x == 0u && lid.y == 0u") %}
+    if ({{ first }}) {
         chunk_shared = chunks[wid.y];
     }
     let chunk = workgroupUniformLoad(&chunk_shared);
@@ -319,9 +319,8 @@ var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
 {% endfor %}
 {% endmacro %}
 
-{# Tiles (prefill, 2/4/8-bit affine formats): a workgroup of `tokens`/4 × 16 threads computes a tile of 64 rows ×
-   `tokens` tokens (64, or 32 for the chunks of experts with few pairs), each thread 4 rows (tile rows 4·lid.y ..)
-   × 4 tokens (4·lid.x ..) into acc{i}_{j}. Per unit of 32
+{# Tiles (prefill matmuls, 2/4/8-bit affine formats): a workgroup of `tokens`/4 × 16 threads computes a tile of 64
+   rows × `tokens` tokens, each thread 4 rows (tile rows 4·lid.y ..) × 4 tokens (4·lid.x ..) into acc{i}_{j}. Per unit of 32
    columns, the workgroup dequantizes the 64 rows' weights and copies the 64 tokens' x into workgroup memory
    (column-major, so a thread reads 4 rows or 4 tokens as one vec4), then each thread does 16 FMAs per 2 loads from
    there: each weight is unpacked once per `tokens` tokens. The includer says where rows and tokens are: WGSL
@@ -350,22 +349,6 @@ var<workgroup> xs: array<vec4<f32>, {{ tokens * 8 }}>;
 {% for n in range(2) %}
         xv{{ n }} = x[xrow{{ n }} + ({{ u }}) * 8u + id % 8u];
 {% endfor %}
-{% endmacro %}
-
-{# The expert kernels in tiles: the chunk of pairs and the record a workgroup runs, for their tile_row and tile_x
-   (module scope), ... #}
-{% macro expert_tile_globals() %}
-var<private> tile_row0: u32;
-var<private> tile_record: u32;
-var<private> tile_chunk: vec2<u32>;
-{% endmacro %}
-
-{# ... set at the start of main, where a workgroup with an empty chunk returns. #}
-{% macro expert_tile_chunk(rows) %}
-{{ grouped_chunk(0) }}
-    tile_chunk = chunk;
-    tile_record = ids[order[chunk.x]] * p.stride;
-    tile_row0 = wid.x * {{ rows }}u;
 {% endmacro %}
 
 {% macro tile_matmul(fmt, tokens=64) %}
@@ -426,6 +409,133 @@ var<private> tile_chunk: vec2<u32>;
 {% endfor %}
 {% endfor %}
         }
+{% endfor %}
+    }
+{% endmacro %}
+
+{# Rows (the expert kernels in prefills, 2/4/8-bit affine formats): each workgroup of 256 threads runs a chunk of up
+   to 16 pairs of one expert (group_pairs.wgsl), each thread two rows over all of them: a weight is loaded and
+   dequantized once (w = q·s + b) and then used for every token, with no sums across threads. The tokens' x goes
+   through workgroup memory, 256 columns at a time, and every thread reads the same x vec4 at once (a broadcast).
+   On the H200 this took the expert kernels of a 512-token prefill of 35B-A3B from 134 to 74 ms against tiles of
+   64 rows × 32 tokens dequantized into workgroup memory (docs/PERF.md, "A thread per row"); for the dense
+   matmuls it measured slower than tiles of 64 × 64 (45.4 → 54.1 ms for the split input projections).
+   The includer declares `x` (vec4s), `w` and Params `p` (with rows and cols) and defines `fn token_x(chunk:
+   vec2<u32>, t: u32) -> u32` (the first x vec4 of pair t < 16 of the chunk, in range for any t) and `fn
+   store_rows(i: u32, ra: u32, rb: u32, a: f32, b: f32)` (writes the sums a of row ra and b of row rb, either of
+   which may be past p.rows, of the pair order[i]); in main, before rows_passes: `chunk` (its first pair in `order`
+   and count, workgroup-uniform), Mats `ma` and `mb` and the rows `ra` and `rb` of this thread. #}
+{% macro rows_declarations() %}
+const XU: u32 = 8u;
+// x of the chunk's tokens, units ub .. ub + XU: xs[t · XU · 8 + (u - ub) · 8 + j] = vec4 j of unit u of token t.
+var<workgroup> xs: array<vec4<f32>, {{ 16 * 8 * 8 }}>;
+{% endmacro %}
+
+{# The sums for tokens 0 .. nt of the chunk (nt a multiple of 4, at least chunk.y); reached by all threads. #}
+{% macro rows_pass(fmt, nt) %}
+    {
+        let ca = min(ra, p.rows - 1u);
+        let cb = min(rb, p.rows - 1u);
+        let units = p.cols / 32u;
+{% for t in range(nt) %}
+        var acca{{ t }} = 0.0;
+        var accb{{ t }} = 0.0;
+{% endfor %}
+        // This thread's share of each staging of x: vec4 c of token t, for c + 64·t = lid + 256·f.
+{% for f in range(nt // 4) %}
+        let xt{{ f }} = (lid + {{ 256 * f }}u) / 64u;
+        let xc{{ f }} = (lid + {{ 256 * f }}u) % 64u;
+        let xrow{{ f }} = token_x(chunk, xt{{ f }});
+{% endfor %}
+        // The weights of unit u, loaded a unit ahead (in flight while the sums of the unit before run).
+{% for m in ["a", "b"] %}
+        let wrow{{ m }} = m{{ m }}.w + c{{ m }} * (p.cols / 32u * BITS);
+        let grow{{ m }} = c{{ m }} * (p.cols / GROUP);
+{% for k in range(fmt.bits) %}
+        var w{{ m }}{{ k }} = w[wrow{{ m }} + {{ k }}u];
+{% endfor %}
+        var s{{ m }} = {{ fmt.sdtype }}_at(m{{ m }}.s + grow{{ m }});
+        var b{{ m }} = {{ fmt.sdtype }}_at(m{{ m }}.b + grow{{ m }});
+{% endfor %}
+        for (var ub = 0u; ub < units; ub += XU) {
+            let ue = min(units, ub + XU);
+{% for f in range(nt // 4) %}
+            let xv{{ f }} = x[xrow{{ f }} + ub * 8u + min(xc{{ f }}, (ue - ub) * 8u - 1u)];
+{% endfor %}
+            workgroupBarrier();
+{% for f in range(nt // 4) %}
+            xs[xt{{ f }} * XU * 8u + xc{{ f }}] = xv{{ f }};
+{% endfor %}
+            workgroupBarrier();
+            for (var u = ub; u < ue; u++) {
+{% for m in ["a", "b"] %}
+{% for k in range(fmt.bits) %}
+                let cw{{ m }}{{ k }} = w{{ m }}{{ k }};
+{% endfor %}
+                let cs{{ m }} = s{{ m }};
+                let cb{{ m }} = b{{ m }};
+{% endfor %}
+                {
+                    let un = min(u + 1u, units - 1u);
+{% for m in ["a", "b"] %}
+{% for k in range(fmt.bits) %}
+                    w{{ m }}{{ k }} = w[wrow{{ m }} + un * BITS + {{ k }}u];
+{% endfor %}
+                    s{{ m }} = {{ fmt.sdtype }}_at(m{{ m }}.s + grow{{ m }} + un * 32u / GROUP);
+                    b{{ m }} = {{ fmt.sdtype }}_at(m{{ m }}.b + grow{{ m }} + un * 32u / GROUP);
+{% endfor %}
+                }
+{{ rows_unit(fmt, nt) }}
+            }
+        }
+{% for t in range(nt) %}
+        if ({{ t }}u < chunk.y) {
+            store_rows(chunk.x + {{ t }}u, ra, rb, acca{{ t }}, accb{{ t }});
+        }
+{% endfor %}
+    }
+{% endmacro %}
+
+{# rows_pass' sums of one unit, in two halves of 16 values: dequantized as the grouped matvec unpacks words (value
+   i at bit p of a 16-bit half, masked in place and ORed into 2²³'s mantissa, is q·2^p after one subtraction),
+   scaled by s·2^-p. #}
+{% macro rows_unit(fmt, nt) %}
+{% for m in ["a", "b"] %}
+{% for q in range(0, 16, fmt.bits) %}
+                let s{{ m }}p{{ q }} = cs{{ m }} * {{ 1.0 / 2 ** q }};
+{% endfor %}
+{% endfor %}
+{% for h in range(2) %}
+                {
+{% for m in ["a", "b"] %}
+{% for i in range(16 * h, 16 * h + 16) %}
+{% set bit = i * fmt.bits %}
+{% set word = bit // 32 %}
+{% set q = bit % 16 %}
+                    let {{ m }}{{ i }} = fma(bitcast<f32>(({{ "(cw" ~ m ~ word ~ " >> 16u)" if bit % 32 >= 16 else "cw" ~ m ~ word }} & {{ (2 ** fmt.bits - 1) * 2 ** q }}u) | 0x4b000000u) - 8388608.0, s{{ m }}p{{ q }}, cb{{ m }});
+{% endfor %}
+{% endfor %}
+{% for t in range(nt) %}
+                    {
+{% for j in range(4) %}
+                        let x{{ j }} = xs[{{ t }}u * XU * 8u + (u - ub) * 8u + {{ 4 * h + j }}u];
+{% endfor %}
+{% for m in ["a", "b"] %}
+{% for i in range(16) %}
+                        acc{{ m }}{{ t }} = fma({{ m }}{{ 16 * h + i }}, x{{ i // 4 }}.{{ "xyzw"[i % 4] }}, acc{{ m }}{{ t }});
+{% endfor %}
+{% endfor %}
+                    }
+{% endfor %}
+                }
+{% endfor %}
+{% endmacro %}
+
+{# A pass for as many tokens as the chunk holds, rounded up to 4. #}
+{% macro rows_passes(fmt) %}
+{% for nt in [4, 8, 12, 16] %}
+    {{ "} else " if nt > 4 }}if (chunk.y <= {{ nt }}u) {
+{{ rows_pass(fmt, nt) }}
 {% endfor %}
     }
 {% endmacro %}

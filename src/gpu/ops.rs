@@ -199,10 +199,10 @@ impl Gpu {
         let (order, chunk_table, work) = (self.scratch(pairs.len()), self.scratch(2 * chunks), self.scratch(2 * records));
         let params = [n, first, records as u32, chunks as u32, size as u32];
         self.dispatch("group_pairs", &[ids, &order, &chunk_table, &work], &params, (1, 1, 1));
-        // Rows per workgroup: 8 of gate and up and 16 of down grouped; 32 of gate and up and 64 of down in tiles.
+        // Rows per workgroup: 8 of gate and up and 16 of down grouped; 256 and 512 in rows.
         let (suffix, gate_up_rows, down_rows) = match layout {
-            ExpertLayout::Grouped => ("grouped".to_string(), 8, 16),
-            _ => (format!("tiles{size}"), 32, 64),
+            ExpertLayout::Rows => ("rows", 256, 512),
+            _ => ("grouped", 8, 16),
         };
         let kernel = self.sg_variant(&format!("expert_gate_up_{}_{suffix}", e.gate_up_format));
         let buffers = [&*e.buf, &x.buf, ids, &act.buf, &order, &chunk_table];
@@ -461,7 +461,7 @@ impl Backend for Gpu {
         let pairs = r.tokens * r.k;
         ensure!(pairs <= 65535, "at most 65535 (token, expert) pairs per forward call on the GPU");
         // Decided per call, not per streamed chunk, so that streamed and resident runs compute alike.
-        let layout = ExpertLayout::of(e, r.tokens, pairs);
+        let layout = ExpertLayout::of(e, r.tokens);
         ensure!(
             layout == ExpertLayout::PerPair || group_chunks(e, pairs, layout.chunk_pairs()).1 <= 65535,
             "too many (token, expert) pairs per forward call on the GPU"
@@ -626,7 +626,7 @@ impl WeightsFrom for Gpu {
         // Weight kernels by their plain names (a stem and a layout, each also as a split), each built as the variant
         // sg_variant runs; every other kernel as it is.
         let stems = self.weight_kernels.borrow();
-        let layouts = ["", "_grouped", "_tiles64", "_tiles32", "_nt1", "_nt1l", "_nt1w", "_nt8", "_nt64"];
+        let layouts = ["", "_grouped", "_rows", "_nt1", "_nt1l", "_nt1w", "_nt8", "_nt64"];
         let mut names: Vec<&'static str> = Vec::new();
         for name in kernels::KERNELS.iter().map(|k| k.name) {
             if !["matmul_", "expert_", "embed_"].iter().any(|p| name.starts_with(p)) {
@@ -652,33 +652,31 @@ enum ExpertLayout {
     /// Pairs grouped by expert on the GPU, each expert's rows run for 8 of its pairs at a time: one pass over its
     /// weights per 8 tokens instead of per token.
     Grouped,
-    /// Grouped, 64 or 32 pairs of an expert per tile (tile_matmul in matvec.wgsl), where the experts average
-    /// enough pairs to fill most of one.
-    Tiles64,
-    Tiles32,
+    /// Grouped, 16 pairs of an expert per pass, a thread per row (rows_main in matvec.wgsl), where the format has
+    /// them (2, 4 and 8 bits). On the H200 they beat Grouped from 2 pairs per expert on (a 64-token prefill of
+    /// 35B-A3B: 76.2 → 56.0 ms; docs/PERF.md, "A thread per row").
+    Rows,
 }
 
 impl ExpertLayout {
-    fn of(e: &GpuExperts, tokens: usize, pairs: usize) -> ExpertLayout {
+    fn of(e: &GpuExperts, tokens: usize) -> ExpertLayout {
         if tokens < GROUPED_FROM {
             return ExpertLayout::PerPair;
         }
-        let experts = e.routed + e.shared as usize;
-        // (Every tile size or none: they are rendered for the same formats.)
-        let tiled = |format: &str| [format!("expert_gate_up_{format}_tiles64"), format!("expert_down_{format}_tiles64")];
-        let has_tiles = tiled(&e.gate_up_format).iter().chain(&tiled(&e.down_format)).all(|k| kernels::find(k).is_some());
-        match pairs {
-            p if has_tiles && p >= 2 * TILES_FROM_PAIRS_PER_EXPERT * experts => ExpertLayout::Tiles64,
-            p if has_tiles && p >= TILES_FROM_PAIRS_PER_EXPERT * experts => ExpertLayout::Tiles32,
-            _ => ExpertLayout::Grouped,
+        let has_rows = [format!("expert_gate_up_{}_rows", e.gate_up_format), format!("expert_down_{}_rows", e.down_format)]
+            .iter()
+            .all(|k| kernels::find(k).is_some());
+        if has_rows {
+            ExpertLayout::Rows
+        } else {
+            ExpertLayout::Grouped
         }
     }
 
     /// Pairs of one expert per chunk (group_pairs.wgsl).
     fn chunk_pairs(self) -> usize {
         match self {
-            ExpertLayout::Tiles64 => 64,
-            ExpertLayout::Tiles32 => 32,
+            ExpertLayout::Rows => 16,
             _ => 8,
         }
     }
@@ -686,12 +684,6 @@ impl ExpertLayout {
 
 /// Forward calls of at least this many tokens run the grouped expert kernels.
 const GROUPED_FROM: usize = 32;
-
-/// ... and the tiled ones where the experts average at least this many pairs (tiles of 32 pairs; of 64 from twice
-/// as many): a tile computes all its pairs however few it holds, and on the H100 tiles of 64 were 12% slower than
-/// grouped at 18 pairs per expert (a 512-token prefill of 35B-A3B) and 16% faster at 36 (1,024 tokens;
-/// docs/PERF.md, "Prefill").
-const TILES_FROM_PAIRS_PER_EXPERT: usize = 16;
 
 /// For `pairs` pairs over the records of `e.buf` (experts, or slots when streamed; pairs name them by number):
 /// the record count and the most chunks of up to `size` pairs of one record they can make.
