@@ -52,10 +52,10 @@ fn variants() -> Vec<(String, &'static str, Value)> {
                 v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide, long }));
             }
             // The expert kernels per pair (decode) and, for prefills, `_rows`: 16 pairs of one expert per pass, a
-            // thread per row (as the tiles, for 2, 4 and 8 bits, without an `_sg` variant), or for the other formats
-            // `_grouped`: 8 pairs of one expert per pass.
+            // thread per row (as the tiles, for 2, 4 and 8 bits, without an `_sg` variant), and `_grouped`: 8 pairs
+            // of one expert per pass (where gate_up's or down's format has no `_rows`).
             for (grouped, rows) in [(false, false), (true, false), (true, true)] {
-                if (rows && (!in_tiles || subgroups)) || (grouped && !rows && in_tiles) {
+                if rows && (!in_tiles || subgroups) {
                     continue;
                 }
                 let g = if rows { "_rows" } else if grouped { "_grouped" } else { "" };

@@ -417,7 +417,9 @@ fn moe_routing_experts_and_combine() {
         // Decode reads x through a tile of 2,048 columns: hidden and intermediate sizes over two tiles.
         ("q4g64bf16", 3, 2, 1, 2176, 2112, true),
         // From 32 tokens on the pairs are grouped by expert, 8 per pass (more experts than the grouping's 256
-        // threads, chunks cut short, formats read by units).
+        // threads, chunks cut short), where a format has no rows kernel (3 bits, dense, read by units; 4-bit
+        // gate and up with 3-bit down, read by words); the other cases here run in rows.
+        ("q4g64bf16+q3g32f16", 16, 8, 37, 128, 64, true),
         ("q4g64bf16", 16, 8, 37, 128, 64, true),
         ("q2g32bf16", 9, 3, 45, 64, 96, false),
         ("q8g128f32", 300, 4, 33, 256, 128, true),
@@ -435,12 +437,14 @@ fn moe_routing_experts_and_combine() {
     ];
     for ((format, experts, k, t, h, inter, renormalize), subgroups) in cases.into_iter().zip([true, false].into_iter().cycle()) {
         b.gpu.set_subgroups(subgroups);
+        // "gate_up+down" where the formats differ.
+        let (gate_up_format, down_format) = format.split_once('+').unwrap_or((format, format));
         let host = HostExperts::Resident(
             (0..experts)
                 .map(|_| ExpertWeights {
-                    gate: b.matrix(inter, h, format),
-                    up: b.matrix(inter, h, format),
-                    down: b.matrix(h, inter, format),
+                    gate: b.matrix(inter, h, gate_up_format),
+                    up: b.matrix(inter, h, gate_up_format),
+                    down: b.matrix(h, inter, down_format),
                 })
                 .collect(),
         );

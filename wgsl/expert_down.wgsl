@@ -7,7 +7,7 @@
 // Rows (prefills): each workgroup runs one chunk of up to 16 pairs of one expert (group_pairs.wgsl), each
 // thread 2 rows, 256 apart, over all of them (rows_passes in matvec.wgsl). Grid: (ceil(rows / 512), chunks).
 {% elif grouped %}
-// Grouped (prefill, formats without rows): each workgroup runs one chunk of up to 8 pairs of one expert
+// Grouped (prefill, where gate_up's or down's format has no rows kernel): each workgroup runs one chunk of up to 8 pairs of one expert
 // (group_pairs.wgsl); each thread unpacks 2 rows once for 8 tokens. Grid: (ceil(rows / (GROUPS · 2)), chunks).
 {% endif %}
 
@@ -80,9 +80,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let down = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);
     let row0 = (wid.x * GROUPS + lid.y) * 2u;
 {{ accumulators(2, 8) }}
-{% call for_units(fmt) %}
-{{ accumulate(fmt, "down", "min(row0, p.rows - 1u)", 0, 8, "valid") }}
-{{ accumulate(fmt, "down", "min(row0 + 1u, p.rows - 1u)", 1, 8, "valid") }}
+{% call for_units(fmt, true) %}
+{{ accumulate(fmt, "down", "min(row0, p.rows - 1u)", 0, 8, "valid", true) }}
+{{ accumulate(fmt, "down", "min(row0 + 1u, p.rows - 1u)", 1, 8, "valid", true) }}
 {% endcall %}
 {{ reduce(2, 8) }}
     // Lane n < 8 writes token n's two rows.

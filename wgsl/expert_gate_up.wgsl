@@ -9,7 +9,7 @@
 // thread a row of gate and the same row of up over all of them (rows_passes in matvec.wgsl), so it applies the
 // SwiGLU itself. Grid: (ceil(rows / 256), chunks).
 {% elif grouped %}
-// Grouped (prefill, formats without rows): each workgroup runs one chunk of up to 8 pairs of one expert
+// Grouped (prefill, where gate_up's or down's format has no rows kernel): each workgroup runs one chunk of up to 8 pairs of one expert
 // (group_pairs.wgsl), so each thread unpacks a row of gate and of up once for 8 tokens. Grid: (ceil(rows /
 // GROUPS), chunks).
 {% endif %}
@@ -89,9 +89,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let row0 = wid.x * GROUPS + lid.y;
     let r0 = min(row0, p.rows - 1u);
 {{ accumulators(2, 8) }}
-{% call for_units(fmt) %}
-{{ accumulate(fmt, "gate", "r0", 0, 8, "valid") }}
-{{ accumulate(fmt, "up", "r0", 1, 8, "valid") }}
+{% call for_units(fmt, true) %}
+{{ accumulate(fmt, "gate", "r0", 0, 8, "valid", true) }}
+{{ accumulate(fmt, "up", "r0", 1, 8, "valid", true) }}
 {% endcall %}
 {{ reduce(2, 8) }}
     if (lid.x < chunk.y && row0 < p.rows) {
