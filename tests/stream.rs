@@ -217,6 +217,61 @@ fn io_errors_short_reads_and_changed_files_stop_the_generation_with_a_clear_erro
     assert!(err.contains("of layer 2") && err.contains("short read"), "{err}");
 }
 
+/// Reads of record `held` wait until record `opener` has been read.
+struct Gated {
+    file: std::fs::File,
+    stride: u64,
+    held: u64,
+    opener: u64,
+    opened: std::sync::Mutex<bool>,
+    ready: std::sync::Condvar,
+}
+
+impl RecordSource for Gated {
+    fn read_at(&self, dst: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let record = offset / self.stride;
+        if record == self.held {
+            let opened = self.opened.lock().unwrap();
+            drop(self.ready.wait_while(opened, |opened| !*opened).unwrap());
+        }
+        let n = self.file.read_at(dst, offset)?;
+        if record == self.opener {
+            *self.opened.lock().unwrap() = true;
+            self.ready.notify_all();
+        }
+        Ok(n)
+    }
+}
+
+/// A fetch reads its misses while records it also needs are still being read ahead, then takes those as they
+/// land (one read each): here the read ahead of expert 0 only ends once the fetch has read expert 2.
+#[test]
+fn a_fetch_reads_its_misses_while_read_ahead_lands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = convert("qwen35_moe_mlx_4bit", tmp.path());
+    let floe_model = FloeModel::open(&dir).unwrap();
+    let ex = &floe_model.manifest.experts;
+    let options = StreamOptions { ram_bytes: 0, gpu_bytes: 0, policy: CachePolicy::Os, prefetch: Prefetch::On };
+    let sources = ex
+        .files
+        .iter()
+        .map(|f| -> Box<dyn RecordSource> {
+            let file = std::fs::File::open(dir.join(f)).unwrap();
+            let ready = std::sync::Condvar::new();
+            Box::new(Gated { file, stride: ex.stride, held: 0, opener: 2, opened: false.into(), ready })
+        })
+        .collect();
+    let store = Arc::new(ExpertStore::with_sources(&floe_model, 2, sources, &options).unwrap());
+    store.prefetch(0, &[0]);
+    let (sent, received) = std::sync::mpsc::channel();
+    let fetching = store.clone();
+    std::thread::spawn(move || sent.send(fetching.fetch(0, &[2, 0], |_, _| {}).map(|r| r.len())));
+    let fetched = received.recv_timeout(std::time::Duration::from_secs(60));
+    assert_eq!(fetched.expect("the fetch waited for the read ahead before reading its misses").unwrap(), 2);
+    let stats = store.stats();
+    assert_eq!((stats.prefetched, stats.prefetch_hits, stats.disk_reads), (1, 1, 2), "{stats:?}");
+}
+
 /// `--prefetch prefill` (the default) reads ahead in a prefill and not in decode steps.
 #[test]
 fn read_ahead_in_prefills_only_by_default() {

@@ -7,8 +7,9 @@
 // Rows (prefills): each workgroup runs one chunk of up to 16 pairs of one expert (group_pairs.wgsl), each
 // thread 2 rows, 256 apart, over all of them (rows_passes in matvec.wgsl). Grid: (ceil(rows / 512), chunks).
 {% elif grouped %}
-// Grouped (prefill, where gate_up's or down's format has no rows kernel): each workgroup runs one chunk of up to 8 pairs of one expert
-// (group_pairs.wgsl); each thread unpacks 2 rows once for 8 tokens. Grid: (ceil(rows / (GROUPS · 2)), chunks).
+// Grouped (prefill, where gate_up's or down's format has no rows kernel): each workgroup runs one chunk of up to 8
+// pairs of one expert (group_pairs.wgsl); each thread unpacks 2 rows once for 8 tokens. Grid: (ceil(rows / (GROUPS ·
+// 2)), chunks).
 {% endif %}
 
 struct Params {

@@ -9,9 +9,9 @@
 // thread a row of gate and the same row of up over all of them (rows_passes in matvec.wgsl), so it applies the
 // SwiGLU itself. Grid: (ceil(rows / 256), chunks).
 {% elif grouped %}
-// Grouped (prefill, where gate_up's or down's format has no rows kernel): each workgroup runs one chunk of up to 8 pairs of one expert
-// (group_pairs.wgsl), so each thread unpacks a row of gate and of up once for 8 tokens. Grid: (ceil(rows /
-// GROUPS), chunks).
+// Grouped (prefill, where gate_up's or down's format has no rows kernel): each workgroup runs one chunk of up to 8
+// pairs of one expert (group_pairs.wgsl), so each thread unpacks a row of gate and of up once for 8 tokens. Grid:
+// (ceil(rows / GROUPS), chunks).
 {% endif %}
 
 struct Params {

@@ -320,8 +320,8 @@ var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
 {% endmacro %}
 
 {# Tiles (prefill matmuls, 2/4/8-bit affine formats): a workgroup of `tokens`/4 × 16 threads computes a tile of 64
-   rows × `tokens` tokens, each thread 4 rows (tile rows 4·lid.y ..) × 4 tokens (4·lid.x ..) into acc{i}_{j}. Per unit of 32
-   columns, the workgroup dequantizes the 64 rows' weights and copies the 64 tokens' x into workgroup memory
+   rows × `tokens` tokens, each thread 4 rows (tile rows 4·lid.y ..) × 4 tokens (4·lid.x ..) into acc{i}_{j}. Per
+   unit of 32 columns, the workgroup dequantizes the 64 rows' weights and copies the 64 tokens' x into workgroup memory
    (column-major, so a thread reads 4 rows or 4 tokens as one vec4), then each thread does 16 FMAs per 2 loads from
    there: each weight is unpacked once per `tokens` tokens. The includer says where rows and tokens are: WGSL
    functions `tile_row(r) -> vec3<u32>` (the index of tile row r's first weight word, scale and bias; r < 64) and

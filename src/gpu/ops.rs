@@ -653,8 +653,8 @@ enum ExpertLayout {
     /// weights per 8 tokens instead of per token.
     Grouped,
     /// Grouped, 16 pairs of an expert per pass, a thread per row (rows_passes in matvec.wgsl), where both kernels'
-    /// formats have them (2, 4 and 8 bits). On the H200 they beat Grouped from 2 pairs per expert on (a 64-token prefill of
-    /// 35B-A3B: 76.2 → 56.0 ms; docs/PERF.md, "A thread per row").
+    /// formats have them (2, 4 and 8 bits). On the H200 they beat Grouped from 2 pairs per expert on (a 64-token
+    /// prefill of 35B-A3B: 76.2 → 56.0 ms; docs/PERF.md, "A thread per row").
     Rows,
 }
 
