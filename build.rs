@@ -43,23 +43,25 @@ fn variants() -> Vec<(String, &'static str, Value)> {
             // reduces nothing).
             let affine = fmt.get_attr("kind").unwrap().as_str() == Some("affine");
             let in_tiles = affine && [2, 4, 8].contains(&fmt.get_attr("bits").unwrap().as_usize().unwrap());
-            for (nt, layout, split) in [(1, "", false), (1, "w", false), (1, "l", false), (1, "", true), (1, "l", true), (8, "", false), (8, "", true), (64, "", false), (64, "", true)] {
+            // `c`: the tiles on cooperative matrices (tensor cores), for adapters that have them.
+            for (nt, layout, split) in [(1, "", false), (1, "w", false), (1, "l", false), (1, "", true), (1, "l", true), (8, "", false), (8, "", true), (64, "", false), (64, "", true), (64, "c", false), (64, "c", true)] {
                 if (nt == 64 && (!in_tiles || subgroups)) || (layout == "l" && !affine) {
                     continue;
                 }
                 let name = format!("matmul_{f}_nt{nt}{layout}{}{sg}", if split { "_split" } else { "" });
-                let (wide, long) = (layout == "w", layout == "l");
-                v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide, long }));
+                let (wide, long, coop) = (layout == "w", layout == "l", layout == "c");
+                v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide, long, coop }));
             }
             // The expert kernels per pair (decode) and, for prefills, `_rows`: 16 pairs of one expert per pass, a
             // thread per row (as the tiles, for 2, 4 and 8 bits, without an `_sg` variant), and `_grouped`: 8 pairs
             // of one expert per pass (where gate_up's or down's format has no `_rows`).
-            for (grouped, rows) in [(false, false), (true, false), (true, true)] {
+            // `_coop`: the same on tensor cores, for adapters that have them.
+            for (grouped, rows, coop) in [(false, false, false), (true, false, false), (true, true, false), (true, true, true)] {
                 if rows && (!in_tiles || subgroups) {
                     continue;
                 }
-                let g = if rows { "_rows" } else if grouped { "_grouped" } else { "" };
-                let context = context! { fmt => fmt.clone(), subgroups, grouped, rows };
+                let g = if coop { "_coop" } else if rows { "_rows" } else if grouped { "_grouped" } else { "" };
+                let context = context! { fmt => fmt.clone(), subgroups, grouped, rows, coop };
                 v.push((format!("expert_gate_up_{f}{g}{sg}"), "expert_gate_up.wgsl", context.clone()));
                 v.push((format!("expert_down_{f}{g}{sg}"), "expert_down.wgsl", context));
             }

@@ -114,8 +114,18 @@ fn open() -> Option<(wgpu::Device, wgpu::Queue, String)> {
     let needed = wgpu::Features::IMMEDIATES | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
     let adapter = adapters.into_iter().find(|a| a.features().contains(needed))?;
     let name = adapter.get_info().name;
-    let features = needed | (adapter.features() & wgpu::Features::SUBGROUP);
-    let descriptor = wgpu::DeviceDescriptor { required_features: features, required_limits: adapter.limits(), ..Default::default() };
+    for c in adapter.cooperative_matrix_properties() {
+        println!("cooperative matrix {}x{}x{} {:?} x {:?}", c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type);
+    }
+    let optional = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    let features = needed | (adapter.features() & optional);
+    let descriptor = wgpu::DeviceDescriptor {
+        required_features: features,
+        required_limits: adapter.limits(),
+        // SAFETY: only asked for by kernels given by hand to this bench, which declare `enable wgpu_cooperative_matrix`.
+        experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
+        ..Default::default()
+    };
     let (device, queue) = pollster::block_on(adapter.request_device(&descriptor)).ok()?;
     Some((device, queue, name))
 }

@@ -21,6 +21,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const SUMS: f32 = 2e-5;
+/// Sums of products on tensor cores, whose inputs are rounded to f16 (2⁻¹¹ relative each).
+const TENSOR_CORES: f32 = 3e-3;
 const ELEMENTWISE: f32 = 1e-6;
 
 struct Bench {
@@ -88,6 +90,20 @@ impl Bench {
         Transfer::<Gpu>::vector(&mut &self.gpu, "a test vector", v).unwrap()
     }
 
+    /// `experts` random experts of `format` ("gate_up+down" where the formats differ), hidden size h.
+    fn experts(&mut self, format: &str, experts: usize, h: usize, inter: usize) -> HostExperts {
+        let (gate_up_format, down_format) = format.split_once('+').unwrap_or((format, format));
+        HostExperts::Resident(
+            (0..experts)
+                .map(|_| ExpertWeights {
+                    gate: self.matrix(inter, h, gate_up_format),
+                    up: self.matrix(inter, h, gate_up_format),
+                    down: self.matrix(h, inter, down_format),
+                })
+                .collect(),
+        )
+    }
+
     fn check(&self, what: &str, cpu: &[f32], gpu: &<Gpu as Backend>::Act, tolerance: f32) {
         let gpu = self.gpu.read(gpu).unwrap();
         let err = common::relative_error(&gpu, cpu);
@@ -142,20 +158,28 @@ fn matmul_every_format_and_odd_shapes() {
 }
 
 /// Prefill matmuls large enough to fill the GPU with tiles of 64 rows × 64 tokens run so (2, 4 and 8 bits), alone
-/// and split; rows and tokens not multiples of 64, and the last tile's rows in the split's last matrix.
+/// and split; rows and tokens not multiples of 64, and the last tile's rows in the split's last matrix. Both on
+/// tensor cores, where the adapter has them, and without.
 #[test]
 fn large_prefill_matmuls_run_in_tiles() {
     let Some(mut b) = bench() else { return };
-    for (format, rows, cols, t) in [("q4g64bf16", 2100, 128, 520), ("q8g32f16", 4100, 96, 260), ("q2g128f32", 2050, 256, 580)] {
-        let m = b.matrix(rows, cols, format);
-        let (x, gx) = b.random(t * cols, 1.0);
-        let what = format!("matmul {format} [{rows}x{cols}] x {t} tokens");
-        b.check(&what, &Cpu.matmul(&x, &m), &b.gpu.matmul(&gx, &b.upload(&m)), SUMS);
-        let host = [b.matrix(rows - 70, cols, format), b.matrix(3, cols, format), b.matrix(67, cols, format)];
-        let up = Transfer::<Gpu>::matrices(&mut &b.gpu, [("a", &host[0]), ("b", &host[1]), ("c", &host[2])]).unwrap();
-        let outputs = b.gpu.matmuls(&gx, [&up[0], &up[1], &up[2]]);
-        for (i, (m, out)) in host.iter().zip(&outputs).enumerate() {
-            b.check(&format!("{what}, split: matrix {i}"), &Cpu.matmul(&x, m), out, SUMS);
+    for tensor_cores in [true, false] {
+        if b.gpu.set_tensor_cores(tensor_cores) != tensor_cores {
+            eprintln!("this adapter has no tensor cores that floe's kernels take: the tiles run without them only");
+            continue;
+        }
+        let tolerance = if tensor_cores { TENSOR_CORES } else { SUMS };
+        for (format, rows, cols, t) in [("q4g64bf16", 2100, 128, 520), ("q8g32f16", 4100, 96, 260), ("q2g128f32", 2050, 256, 580)] {
+            let m = b.matrix(rows, cols, format);
+            let (x, gx) = b.random(t * cols, 1.0);
+            let what = format!("matmul {format} [{rows}x{cols}] x {t} tokens, tensor cores {tensor_cores}");
+            b.check(&what, &Cpu.matmul(&x, &m), &b.gpu.matmul(&gx, &b.upload(&m)), tolerance);
+            let host = [b.matrix(rows - 70, cols, format), b.matrix(3, cols, format), b.matrix(67, cols, format)];
+            let up = Transfer::<Gpu>::matrices(&mut &b.gpu, [("a", &host[0]), ("b", &host[1]), ("c", &host[2])]).unwrap();
+            let outputs = b.gpu.matmuls(&gx, [&up[0], &up[1], &up[2]]);
+            for (i, (m, out)) in host.iter().zip(&outputs).enumerate() {
+                b.check(&format!("{what}, split: matrix {i}"), &Cpu.matmul(&x, m), out, tolerance);
+            }
         }
     }
 }
@@ -438,16 +462,7 @@ fn moe_routing_experts_and_combine() {
     for ((format, experts, k, t, h, inter, renormalize), subgroups) in cases.into_iter().zip([true, false].into_iter().cycle()) {
         b.gpu.set_subgroups(subgroups);
         // "gate_up+down" where the formats differ.
-        let (gate_up_format, down_format) = format.split_once('+').unwrap_or((format, format));
-        let host = HostExperts::Resident(
-            (0..experts)
-                .map(|_| ExpertWeights {
-                    gate: b.matrix(inter, h, gate_up_format),
-                    up: b.matrix(inter, h, gate_up_format),
-                    down: b.matrix(h, inter, down_format),
-                })
-                .collect(),
-        );
+        let host = b.experts(format, experts, h, inter);
         let device = Transfer::<Gpu>::experts(&mut &b.gpu, 0, &host).unwrap();
         let what = format!("MoE {format} E={experts} k={k} t={t} h={h} i={inter}");
         let (x, gx) = b.random(t * h, 1.0);
@@ -470,6 +485,28 @@ fn moe_routing_experts_and_combine() {
         let gnormed = b.gpu.moe_combine_rms_norm(&mut ghidden, &gout, &groute, None, &gnorm, h, 1e-6);
         b.check(&format!("{what}: combine without shared expert"), &hidden, &ghidden, SUMS);
         b.check(&format!("{what}: combine without shared expert, then the norm"), &normed, &gnormed, SUMS);
+    }
+}
+
+/// The prefill expert kernels on tensor cores, where the adapter has them: 16 pairs of an expert per chunk (the
+/// last ones cut short), 64 rows of gate and up or 128 of down per workgroup (rows not multiples of those).
+#[test]
+fn prefill_experts_on_tensor_cores() {
+    let Some(mut b) = bench() else { return };
+    if !b.gpu.set_tensor_cores(true) {
+        eprintln!("this adapter has no tensor cores that floe's kernels take: nothing to check");
+        return;
+    }
+    for (format, experts, k, t, h, inter) in
+        [("q4g64bf16", 16, 8, 37, 128, 64), ("q4g64bf16", 5, 2, 190, 576, 320), ("q2g128f32", 3, 1, 200, 128, 128), ("q8g32f16", 6, 3, 70, 96, 96)]
+    {
+        let host = b.experts(format, experts, h, inter);
+        let device = Transfer::<Gpu>::experts(&mut &b.gpu, 0, &host).unwrap();
+        let (x, gx) = b.random(t * h, 1.0);
+        let (logits, glogits) = b.random(t * experts, 3.0);
+        let out = Cpu.experts(&x, &Cpu.route(&logits, &host, k, true), &host, None).unwrap();
+        let gout = b.gpu.experts(&gx, &b.gpu.route(&glogits, &device, k, true), &device, None).unwrap();
+        b.check(&format!("MoE {format} E={experts} k={k} t={t} h={h} i={inter} on tensor cores"), &out, &gout, TENSOR_CORES);
     }
 }
 

@@ -25,11 +25,13 @@ fn every_fixture_matches_its_reference() {
 }
 
 /// On the GPU: within 1e-3 of the reference (the mlx fixtures at their own 1e-3), and the quantized ones
-/// within 1e-4 of the CPU backend.
+/// within 1e-4 of the CPU backend. Where the adapter has tensor cores that floe uses (f16 inputs to the prefill's
+/// products), also with them, within TENSOR_CORES of the reference.
 #[test]
 fn every_fixture_matches_its_reference_on_the_gpu() {
     for (name, tolerance) in FIXTURES {
         let Some(gpu) = gpu() else { return };
+        gpu.set_tensor_cores(false);
         let host = Model::load(&fixture(name)).unwrap();
         let model = host.to_backend(gpu).unwrap();
         check_fixture(&model, name, tolerance.max(1e-3));
@@ -39,8 +41,15 @@ fn every_fixture_matches_its_reference_on_the_gpu() {
             println!("{name}: GPU vs CPU backend, relative error {err:.2e}");
             assert!(err <= 1e-4, "{name}: the GPU differs from the CPU backend by {err:.2e}");
         }
+        if model.backend.set_tensor_cores(true) {
+            println!("{name}: on tensor cores");
+            check_fixture(&model, name, tolerance.max(TENSOR_CORES));
+        }
     }
 }
+
+/// Logits with the prefill's products on tensor cores (f16 inputs, f32 sums) against the reference.
+const TENSOR_CORES: f32 = 1e-2;
 
 fn check_fixture<B: Backend>(model: &Model<B>, name: &str, tolerance: f32) {
     let dir = fixture(name);

@@ -1,4 +1,8 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, tile_declarations, tile_matmul %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, tile_declarations, tile_matmul, coop_declarations, coop_matmul %}
+{% if coop %}
+enable f16;
+enable wgpu_cooperative_matrix;
+{% endif %}
 {# Decode: 4 rows per thread share each x load, 32 lanes per row group (32 rows per workgroup for affine formats,
    which read x from a tile in workgroup memory: the tile's fill is shared by more rows, and 16 per workgroup
    measured slower, 64 slower on 4,096 rows; 16 for dense ones); `wide` (decode of
@@ -76,8 +80,13 @@ var<immediate> p: Params;
 
 {% if nt == 64 %}
 {#- Tiled (prefills whose matmul makes enough tiles to fill the GPU, see ops.rs; 2/4/8-bit affine formats):
-    tile_matmul (matvec.wgsl) computes 64 rows × 64 tokens per workgroup. -#}
+    tile_matmul (matvec.wgsl) computes 64 rows × 64 tokens per workgroup; coop_matmul the same on cooperative
+    matrices, where the adapter has them. -#}
+{% if coop %}
+{{ coop_declarations(fmt, 64, 64) }}
+{% else %}
 {{ tile_declarations(fmt) }}
+{% endif %}
 var<private> tile_row0: u32;
 var<private> tile_tok0: u32;
 
@@ -93,6 +102,21 @@ fn tile_x(t: u32) -> u32 {
     return min(tile_tok0 + t, p.t - 1u) * p.cols / 4u;
 }
 
+{% if coop %}
+@compute @workgroup_size(128)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32) {
+    tile_row0 = wid.x * 64u;
+    tile_tok0 = wid.y * 64u;
+{{ coop_matmul(fmt, 64, 64, 2, 2) }}
+    for (var i = lid; i < 4096u; i += 128u) {
+        let row = tile_row0 + i % 64u;
+        let tok = tile_tok0 + i / 64u;
+        if (row < p.rows && tok < p.t) {
+{{ store("row", "tok", "cs[i]") }}
+        }
+    }
+}
+{% else %}
 @compute @workgroup_size(16, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     tile_row0 = wid.x * 64u;
@@ -110,6 +134,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 {% endfor %}
 {% endfor %}
 }
+{% endif %}
 {% else %}
 {{ declarations(rows * nt, lanes, groups) }}
 {% if tiled %}{{ x_tile(128 if long else 64) }}{% endif %}

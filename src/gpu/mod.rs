@@ -61,6 +61,10 @@ pub struct Gpu {
     profiler: RefCell<Option<Profiler>>,
     /// Whether the matrix kernels reduce with subgroup operations (`…_sg` variants): where the adapter has them.
     subgroups: Cell<bool>,
+    /// Whether prefill matmuls and expert kernels run on tensor cores (`…_nt64c`, `…_coop`): where the adapter has
+    /// them and the environment sets FLOE_TENSOR_CORES=1 (not yet the default: not yet measured on a GPU that has
+    /// them, see docs/PERF.md).
+    tensor_cores: Cell<bool>,
     /// The mappable buffer results are read back through.
     staging: RefCell<Option<wgpu::Buffer>>,
     /// The last RoPE cos/sin table uploaded and what it was for (pos0, tokens, rotary dims, theta's bits): every
@@ -148,6 +152,25 @@ impl Drop for Buf {
     }
 }
 
+/// The features the tensor-core kernels need.
+const TENSOR_CORE_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+
+/// Whether `adapter` can run the tensor-core kernels (wgsl/matvec.wgsl, coop_matmul): cooperative matrices of
+/// 16×16×16 with f16 inputs and f32 sums, and subgroups of exactly 32 (the kernels split a workgroup of 128 threads
+/// into 4 subgroups). NVIDIA's Vulkan drivers have them; Metal's simdgroup matrices are 8×8, and wgpu's DX12 has
+/// none.
+fn tensor_cores_of(adapter: &wgpu::Adapter) -> bool {
+    let info = adapter.get_info();
+    let f16_to_f32 = adapter.cooperative_matrix_properties().iter().any(|c| {
+        (c.m_size, c.n_size, c.k_size) == (16, 16, 16)
+            && c.ab_type == wgpu::CooperativeScalarType::F16
+            && c.cr_type == wgpu::CooperativeScalarType::F32
+    });
+    adapter.features().contains(TENSOR_CORE_FEATURES) && f16_to_f32 && (info.subgroup_min_size, info.subgroup_max_size) == (32, 32)
+}
+
 impl Gpu {
     /// Opens the first adapter `choice` accepts, or returns None when there is none.
     pub fn open(choice: AdapterChoice) -> Result<Option<Gpu>> {
@@ -186,14 +209,25 @@ impl Gpu {
                 limits.max_compute_workgroup_storage_size
             );
         }
-        // Where the adapter has them: subgroup operations (faster reductions) and timestamps inside passes (for
-        // `floe bench --profile`).
+        // Where the adapter has them: subgroup operations (faster reductions), timestamps inside passes (for
+        // `floe bench --profile`) and tensor cores (`tensor_cores_of`).
         let timestamps = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
-        let optional = adapter.features() & (timestamps | wgpu::Features::SUBGROUP);
+        let mut optional = adapter.features() & (timestamps | wgpu::Features::SUBGROUP);
+        let tensor_cores = tensor_cores_of(&adapter);
+        if tensor_cores {
+            optional |= TENSOR_CORE_FEATURES;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("floe"),
             required_features: wgpu::Features::IMMEDIATES | optional,
             required_limits: limits.clone(),
+            // SAFETY: the one experimental feature asked for is cooperative matrices, used only by the kernels that
+            // `tensor_cores_of` admits (16×16×16 f16 products with f32 sums, subgroups of 32), each checked against
+            // its CPU twin (tests/kernels.rs) on the adapters that have them.
+            experimental_features: match tensor_cores {
+                true => unsafe { wgpu::ExperimentalFeatures::enabled() },
+                false => wgpu::ExperimentalFeatures::disabled(),
+            },
             ..Default::default()
         }))
         .with_context(|| format!("opening GPU {}", info.name))?;
@@ -212,6 +246,7 @@ impl Gpu {
             wait_nanos: Cell::new(0),
             profiler: RefCell::new(None),
             subgroups: Cell::new(optional.contains(wgpu::Features::SUBGROUP)),
+            tensor_cores: Cell::new(tensor_cores && std::env::var("FLOE_TENSOR_CORES").is_ok_and(|v| v == "1")),
             staging: RefCell::new(None),
             rope_table: RefCell::new(None),
             remap: RefCell::default(),
@@ -233,6 +268,13 @@ impl Gpu {
     pub fn set_subgroups(&self, on: bool) -> bool {
         self.subgroups.set(on && self.device.features().contains(wgpu::Features::SUBGROUP));
         self.subgroups.get()
+    }
+
+    /// Runs the prefill matmuls and expert kernels on tensor cores or not (the fallback); returns whether they are
+    /// used now (never where the adapter lacks them).
+    pub fn set_tensor_cores(&self, on: bool) -> bool {
+        self.tensor_cores.set(on && self.device.features().contains(TENSOR_CORE_FEATURES));
+        self.tensor_cores.get()
     }
 
     /// Times every dispatch from now on (GPU timestamps around each), if the adapter can; says whether it can.
@@ -280,7 +322,8 @@ impl Gpu {
     pub fn describe(&self) -> String {
         let i = &self.info;
         let subgroups = if self.subgroups.get() { "subgroups" } else { "no subgroups" };
-        format!("{} ({:?}, {:?}, driver {} {}, {subgroups})", i.name, i.device_type, i.backend, i.driver, i.driver_info)
+        let tensor_cores = if self.tensor_cores.get() { ", tensor cores" } else { "" };
+        format!("{} ({:?}, {:?}, driver {} {}, {subgroups}{tensor_cores})", i.name, i.device_type, i.backend, i.driver, i.driver_info)
     }
 
     /// Bind groups held in the cache (it must not grow with the tokens generated).

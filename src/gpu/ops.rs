@@ -155,6 +155,11 @@ impl Gpu {
         result
     }
 
+    /// [`matmul_layout`] on this GPU.
+    fn matmul_layout(&self, rows: usize, cols: usize, t: usize, wide: bool, format: &str) -> (&'static str, (u32, u32, u32)) {
+        matmul_layout(rows, cols, t, wide, format, self.tensor_cores.get())
+    }
+
     /// Kernel `name`, or its subgroup variant `{name}_sg` where subgroups are on and it has one (the matrix kernels
     /// but the tiled ones, which reduce nothing; the router; the norms).
     fn sg_variant(&self, name: &str) -> &'static str {
@@ -199,9 +204,10 @@ impl Gpu {
         let (order, chunk_table, work) = (self.scratch(pairs.len()), self.scratch(2 * chunks), self.scratch(2 * records));
         let params = [n, first, records as u32, chunks as u32, size as u32];
         self.dispatch("group_pairs", &[ids, &order, &chunk_table, &work], &params, (1, 1, 1));
-        // Rows per workgroup: 8 of gate and up and 16 of down grouped; 256 and 512 in rows.
+        // Rows per workgroup: 8 of gate and up and 16 of down grouped; 256 and 512 in rows; 64 and 128 on tensor cores.
         let (suffix, gate_up_rows, down_rows) = match layout {
             ExpertLayout::Rows => ("rows", 256, 512),
+            ExpertLayout::TensorCores => ("coop", 64, 128),
             _ => ("grouped", 8, 16),
         };
         let kernel = self.sg_variant(&format!("expert_gate_up_{}_{suffix}", e.gate_up_format));
@@ -270,7 +276,7 @@ impl Backend for Gpu {
         let out = self.empty(t * total);
         // Each piece of a split matrix writes its rows of the output.
         for (row0, piece) in w.pieces() {
-            let (layout, grid) = matmul_layout(piece.rows, w.cols, t, true, &w.format);
+            let (layout, grid) = self.matmul_layout(piece.rows, w.cols, t, true, &w.format);
             let kernel = self.sg_variant(&format!("matmul_{}_{layout}", w.format));
             let [wo, so, bo] = piece.offsets;
             let params = [piece.rows as u32, w.cols as u32, t as u32, wo, so, bo, total as u32, row0 as u32];
@@ -297,7 +303,7 @@ impl Backend for Gpu {
         let unused: Vec<Buf> = (N..4).map(|_| self.scratch(1)).collect();
         let mut bound: Vec<&Buf> = vec![&first.buf, &x.buf];
         bound.extend(outs.iter().map(|o| &o.buf).chain(unused.iter()));
-        let (layout, grid) = matmul_layout(rows, cols, t, false, &first.format);
+        let (layout, grid) = self.matmul_layout(rows, cols, t, false, &first.format);
         let kernel = self.sg_variant(&format!("matmul_{}_{layout}_split", first.format));
         let [wo, so, bo] = first.offsets;
         let params = [rows as u32, cols as u32, t as u32, wo, so, bo, ends[0], ends[1], ends[2]];
@@ -461,7 +467,7 @@ impl Backend for Gpu {
         let pairs = r.tokens * r.k;
         ensure!(pairs <= 65535, "at most 65535 (token, expert) pairs per forward call on the GPU");
         // Decided per call, not per streamed chunk, so that streamed and resident runs compute alike.
-        let layout = ExpertLayout::of(e, r.tokens);
+        let layout = ExpertLayout::of(e, r.tokens, self.tensor_cores.get());
         ensure!(
             layout == ExpertLayout::PerPair || group_chunks(e, pairs, layout.chunk_pairs()).1 <= 65535,
             "too many (token, expert) pairs per forward call on the GPU"
@@ -581,14 +587,15 @@ impl Backend for Gpu {
 /// (`nt64`, large prefills, formats that have it); see wgsl/matmul.wgsl. `wide`: whether `nt1w` may be used.
 /// Quantized decode over more than 2,048 columns stages x in one tile of 4,096 columns (`nt1l`): on the H100, 4,096²
 /// 10.4 → 8.6 µs; the tile of 2,048 stays for narrower rows, where the larger one measured 4% slower (lm_head).
-fn matmul_layout(rows: usize, cols: usize, t: usize, wide: bool, format: &str) -> (&'static str, (u32, u32, u32)) {
+/// `tensor_cores`: the tiles run on them (`nt64c`).
+fn matmul_layout(rows: usize, cols: usize, t: usize, wide: bool, format: &str, tensor_cores: bool) -> (&'static str, (u32, u32, u32)) {
     let affine = format.starts_with('q');
     let (layout, rows_per_group, tokens_per_pass) = match t {
         1 if wide && rows <= 2048 => ("nt1w", 4, 1),
         1 if affine && cols > 2048 => ("nt1l", 32, 1),
         1 => ("nt1", if affine { 32 } else { 16 }, 1),
         t if rows.div_ceil(64) * t.div_ceil(64) >= TILED_WORKGROUPS && kernels::find(&format!("matmul_{format}_nt64")).is_some() => {
-            ("nt64", 64, 64)
+            (if tensor_cores { "nt64c" } else { "nt64" }, 64, 64)
         }
         _ => ("nt8", 16, 8),
     };
@@ -624,9 +631,10 @@ impl WeightsFrom for Gpu {
         let weights = host.transfer(&mut &*self)?;
         // Every pipeline the forward pass will use, built now and in parallel rather than one by one on first use.
         // Weight kernels by their plain names (a stem and a layout, each also as a split), each built as the variant
-        // sg_variant runs; every other kernel as it is.
+        // sg_variant runs; every other kernel as it is. The tiles on tensor cores only where they run.
         let stems = self.weight_kernels.borrow();
-        let layouts = ["", "_grouped", "_rows", "_nt1", "_nt1l", "_nt1w", "_nt8", "_nt64"];
+        let tiles: &[&str] = if self.tensor_cores.get() { &["_nt64", "_nt64c", "_coop"] } else { &["_nt64"] };
+        let layouts = [&["", "_grouped", "_rows", "_nt1", "_nt1l", "_nt1w", "_nt8"], tiles].concat();
         let mut names: Vec<&'static str> = Vec::new();
         for name in kernels::KERNELS.iter().map(|k| k.name) {
             if !["matmul_", "expert_", "embed_"].iter().any(|p| name.starts_with(p)) {
@@ -656,27 +664,31 @@ enum ExpertLayout {
     /// formats have them (2, 4 and 8 bits). On the H200 they beat Grouped from 2 pairs per expert on (a 64-token
     /// prefill of 35B-A3B: 76.2 → 56.0 ms; docs/PERF.md, "A thread per row").
     Rows,
+    /// Rows' chunks on tensor cores (coop_matmul in matvec.wgsl), where the adapter has them.
+    TensorCores,
 }
 
 impl ExpertLayout {
-    fn of(e: &GpuExperts, tokens: usize) -> ExpertLayout {
+    fn of(e: &GpuExperts, tokens: usize, tensor_cores: bool) -> ExpertLayout {
         if tokens < GROUPED_FROM {
             return ExpertLayout::PerPair;
         }
-        let has_rows = [format!("expert_gate_up_{}_rows", e.gate_up_format), format!("expert_down_{}_rows", e.down_format)]
-            .iter()
-            .all(|k| kernels::find(k).is_some());
-        if has_rows {
-            ExpertLayout::Rows
-        } else {
-            ExpertLayout::Grouped
+        let has = |layout: &str| {
+            [format!("expert_gate_up_{}_{layout}", e.gate_up_format), format!("expert_down_{}_{layout}", e.down_format)]
+                .iter()
+                .all(|k| kernels::find(k).is_some())
+        };
+        match (has("rows"), tensor_cores) {
+            (true, true) => ExpertLayout::TensorCores,
+            (true, false) => ExpertLayout::Rows,
+            _ => ExpertLayout::Grouped,
         }
     }
 
     /// Pairs of one expert per chunk (group_pairs.wgsl).
     fn chunk_pairs(self) -> usize {
         match self {
-            ExpertLayout::Rows => 16,
+            ExpertLayout::Rows | ExpertLayout::TensorCores => 16,
             _ => 8,
         }
     }

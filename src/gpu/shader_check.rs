@@ -18,7 +18,8 @@ pub fn check_kernel(source: &str) -> Result<Vec<BindingInfo>, String> {
     let caps = Capabilities::IMMEDIATES
         | Capabilities::SUBGROUP
         | Capabilities::SHADER_FLOAT16
-        | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        | Capabilities::SHADER_FLOAT16_IN_FLOAT32
+        | Capabilities::COOPERATIVE_MATRIX;
     let info = Validator::new(ValidationFlags::all(), caps).validate(&module).map_err(|e| e.emit_to_string(source))?;
     let options = naga::back::msl::Options {
         lang_version: (2, 4),
@@ -28,16 +29,20 @@ pub fn check_kernel(source: &str) -> Result<Vec<BindingInfo>, String> {
     naga::back::msl::write_string(&module, &info, &options, &naga::back::msl::PipelineOptions::default())
         .map_err(|e| format!("MSL translation failed: {e}"))?;
     // Shader model 6.2: wave operations (subgroups) and 16-bit types; immediates as root constants, as wgpu's DX12
-    // backend binds them.
+    // backend binds them. Kernels on cooperative matrices (tensor cores) are not translated: wgpu's DX12 backend
+    // offers no cooperative matrices, so they run only where an adapter has them, beside a kernel that runs anywhere.
+    let cooperative = module.types.iter().any(|(_, ty)| matches!(ty.inner, naga::TypeInner::CooperativeMatrix { .. }));
     let options = naga::back::hlsl::Options {
         shader_model: naga::back::hlsl::ShaderModel::V6_2,
         immediates_target: Some(naga::back::hlsl::BindTarget::default()),
         ..Default::default()
     };
     let mut hlsl = String::new();
-    naga::back::hlsl::Writer::new(&mut hlsl, &options, &naga::back::hlsl::PipelineOptions::default())
-        .write(&module, &info, None)
-        .map_err(|e| format!("HLSL translation failed: {e}"))?;
+    if !cooperative {
+        naga::back::hlsl::Writer::new(&mut hlsl, &options, &naga::back::hlsl::PipelineOptions::default())
+            .write(&module, &info, None)
+            .map_err(|e| format!("HLSL translation failed: {e}"))?;
+    }
     let mut bindings = Vec::new();
     for (_, var) in module.global_variables.iter() {
         if let (Some(rb), naga::AddressSpace::Storage { access }) = (&var.binding, var.space) {
