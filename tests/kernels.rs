@@ -105,8 +105,14 @@ impl Bench {
     }
 
     fn check(&self, what: &str, cpu: &[f32], gpu: &<Gpu as Backend>::Act, tolerance: f32) {
+        self.check_at_scale(what, cpu, gpu, tolerance, 0.0);
+    }
+
+    /// As `check`, with errors relative to the largest output or `min_scale`, whichever is larger.
+    fn check_at_scale(&self, what: &str, cpu: &[f32], gpu: &<Gpu as Backend>::Act, tolerance: f32, min_scale: f32) {
         let gpu = self.gpu.read(gpu).unwrap();
-        let err = common::relative_error(&gpu, cpu);
+        let largest = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = common::relative_error(&gpu, cpu) * largest / largest.max(min_scale);
         assert!(err <= tolerance, "{what}: GPU differs from CPU by {err:.2e} (tolerance {tolerance:.0e})");
     }
 }
@@ -417,7 +423,12 @@ fn gated_delta_net_carries_its_states() {
             let (a, ga) = b.random(t * hv, 2.0);
             let cpu = Cpu.gated_delta_net(&l, &host, &x, &z, &beta, &a, 1e-6, &mut cpu_state);
             let gpu = b.gpu.gated_delta_net(&l, &device, &gx, &gz, &gbeta, &ga, 1e-6, &mut gpu_state);
-            b.check(&format!("gated delta net hk={hk} hv={hv} dk={dk} dv={dv} t={t}"), &cpu, &gpu, SUMS);
+            // The output is RMS-normalized per value head, so its natural scale is about 1 (the norm's weight times
+            // the gate). Where a head's Sᵀq is tiny (rms below the norm's √eps), the norm leaves it tiny and what
+            // remains of it is rounding: errors relative to such a head's own largest value reached 5e-3 between
+            // f32 and f64 in NumPy over 5,000 random seeds of these shapes, but at most 1.4e-5 measured against 1.
+            let what = format!("gated delta net hk={hk} hv={hv} dk={dk} dv={dv} t={t}");
+            b.check_at_scale(&what, &cpu, &gpu, SUMS, 1.0);
         }
     }
 }
