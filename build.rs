@@ -90,7 +90,7 @@ fn variants() -> Vec<(String, &'static str, Value)> {
     for subgroups in [false, true] {
         v.push((format!("router{}", if subgroups { "_sg" } else { "" }), "router.wgsl", context! { subgroups }));
     }
-    for plain in ["attention_heads", "attention", "attention_combine", "conv1d", "delta_rule", "delta_step", "group_pairs"] {
+    for plain in ["attention_heads", "attention", "attention_combine", "conv1d", "delta_qk_norm", "delta_rule", "delta_step", "group_pairs"] {
         v.push((plain.to_string(), Box::leak(format!("{plain}.wgsl").into_boxed_str()), context! {}));
     }
     v

@@ -1,12 +1,14 @@
 // Gated DeltaNet's recurrence for t tokens, per value head hh (which reads key head hh / (hv / hk)):
-//   q, k ← L2-normalized (q also × 1/sqrt(dk));  S ← exp(g)·S;  δ = β·(v − Sᵀk);  S ← S + k δᵀ;  o = Sᵀq
-// with β = sigmoid(b), g = −exp(a_log)·softplus(a + dt_bias). conv [t, channels] holds q (all key heads), k, v.
+//   S ← exp(g)·S;  δ = β·(v − Sᵀk);  S ← S + k δᵀ;  o = Sᵀq
+// with β = sigmoid(b), g = −exp(a_log)·softplus(a + dt_bias). conv [t, channels] holds q (all key heads), k, v,
+// with q and k already L2-normalized (q also × 1/sqrt(dk)) by wgsl/delta_qk_norm.wgsl.
 // The state S [dk, dv] stays in registers for the whole call: each column j is held by Q threads (p.q, the
 // power of two ≥ dk / 32), R = 32 rows each, so 64 / Q columns per workgroup; their partial sums of Sᵀk and Sᵀq
 // meet in workgroup memory. (Before, every token read and wrote the state in memory twice: 110 ms of a
-// 512-token prefill of 35B-A3B on the H100.) A token's inputs (q, k, v, b, a) are loaded into registers while the
-// token before it is computed, so the walk over the tokens waits for memory once, not once per token. Grid: (hv,
-// ceil(dv / (64 / Q))). dk ≤ 256 and a multiple of 8.
+// 512-token prefill of 35B-A3B on the H100.) A token's inputs are loaded into registers a token ahead (q and k
+// two), so the walk over the tokens waits for memory once, not once per token; q and k go through workgroup memory
+// in two halves (token i reads one while token i + 1's are written into the other), so a token costs two barriers.
+// Grid: (hv, ceil(dv / (64 / Q))). dk ≤ 256 and a multiple of 8.
 
 struct Params {
     t: u32,
@@ -29,14 +31,15 @@ var<immediate> p: Params;
 
 {% include "common.wgsl" %}
 
-const R: u32 = 32u;
-// This token's q and k (zero past dk, so rows a thread holds beyond dk add nothing), and the threads' partial sums.
-var<workgroup> qn: array<f32, 256>;
-var<workgroup> kn: array<f32, 256>;
-var<workgroup> part: array<f32, 64>;
-// Each thread's share of the token's |q|² and |k|².
-var<workgroup> q_squares: array<f32, 64>;
-var<workgroup> k_squares: array<f32, 64>;
+{% set R = 32 %}
+const R: u32 = {{ R }}u;
+// Two tokens' q and k (halves i % 2, of 64 vec4s; zero past dk, so rows a thread holds beyond dk add nothing),
+// read as vec4s: a thread's R rows in R / 4 reads.
+var<workgroup> qn: array<vec4<f32>, 128>;
+var<workgroup> kn: array<vec4<f32>, 128>;
+// The threads' partial sums of Sᵀk and of Sᵀq.
+var<workgroup> part_kv: array<f32, 64>;
+var<workgroup> part_o: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -50,25 +53,40 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let j = wid.y * (64u / p.q) + col;
     let live = j < p.dv;
     let jv = min(j, p.dv - 1u);
-{% for i in range(32) %}
+{% for i in range(R) %}
     var s{{ i }} = select(0.0, state[head_state + min(r0 + {{ i }}u, p.dk - 1u) * p.dv + jv], r0 + {{ i }}u < p.dk);
 {% endfor %}
     for (var r = p.dk + lane; r < 256u; r += 64u) {
-        qn[r] = 0.0;
-        kn[r] = 0.0;
+        qn[r / 4u][r % 4u] = 0.0;
+        kn[r / 4u][r % 4u] = 0.0;
+        qn[64u + r / 4u][r % 4u] = 0.0;
+        kn[64u + r / 4u][r % 4u] = 0.0;
     }
     let a_scale = -exp(a_log[hh]);
     let dtb = dt_bias[hh];
-    let inv_sqrt_dk = 1.0 / sqrt(f32(p.dk));
-    // Token i's inputs: rows lane + 64·m of q and k, this column's v, b and a (loaded during token i - 1).
-{% macro load_inputs(i) %}
+    // Rows lane + 64·m of token i's q and k.
+{% macro load_qk(i) %}
     {
         let row = {{ i }} * p.channels;
 {% for m in range(4) %}
         q_in{{ m }} = conv[row + kh * p.dk + min(lane + {{ 64 * m }}u, p.dk - 1u)];
         k_in{{ m }} = conv[row + kd + kh * p.dk + min(lane + {{ 64 * m }}u, p.dk - 1u)];
 {% endfor %}
-        v_in = conv[row + 2u * kd + hh * p.dv + jv];
+    }
+{% endmacro %}
+    // Into half h (0 or 64) of qn and kn.
+{% macro store_qk(h) %}
+{% for m in range(4) %}
+        if (lane + {{ 64 * m }}u < p.dk) {
+            qn[{{ h }} + lane / 4u + {{ 16 * m }}u][lane % 4u] = q_in{{ m }};
+            kn[{{ h }} + lane / 4u + {{ 16 * m }}u][lane % 4u] = k_in{{ m }};
+        }
+{% endfor %}
+{% endmacro %}
+    // Token i's v of this column, b and a.
+{% macro load_vba(i) %}
+    {
+        v_in = conv[{{ i }} * p.channels + 2u * kd + hh * p.dv + jv];
         b_in = b[{{ i }} * p.hv + hh];
         a_in = a[{{ i }} * p.hv + hh];
     }
@@ -80,70 +98,64 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     var v_in = 0.0;
     var b_in = 0.0;
     var a_in = 0.0;
-{{ load_inputs("0u") }}
+{{ load_qk("0u") }}
+{{ store_qk("0u") }}
+{{ load_vba("0u") }}
+{{ load_qk("min(1u, p.t - 1u)") }}
+    workgroupBarrier();
     for (var i = 0u; i < p.t; i++) {
-        var sq_part = 0.0;
-        var sk_part = 0.0;
-{% for m in range(4) %}
-        if (lane + {{ 64 * m }}u < p.dk) {
-            qn[lane + {{ 64 * m }}u] = q_in{{ m }};
-            kn[lane + {{ 64 * m }}u] = k_in{{ m }};
-            sq_part = fma(q_in{{ m }}, q_in{{ m }}, sq_part);
-            sk_part = fma(k_in{{ m }}, k_in{{ m }}, sk_part);
-        }
-{% endfor %}
-        q_squares[lane] = sq_part;
-        k_squares[lane] = sk_part;
+        let cur = (i % 2u) * 64u;
+        let mine = cur + r0 / 4u;
         let v = v_in;
         let beta = sigmoid(b_in);
         let decay = exp(a_scale * softplus(a_in + dtb));
-{{ load_inputs("min(i + 1u, p.t - 1u)") }}
-        workgroupBarrier();
-        // Every thread sums the 64 shares itself (the same addresses for all: broadcast reads, no reduction).
-        var sq = 0.0;
-        var sk = 0.0;
-        for (var r = 0u; r < 64u; r += 8u) {
-{% for c in range(8) %}
-            let q{{ c }} = q_squares[r + {{ c }}u];
-            let k{{ c }} = k_squares[r + {{ c }}u];
+{{ load_vba("min(i + 1u, p.t - 1u)") }}
+        // Sᵀk over this thread's rows, in four chains.
+        var kv0 = 0.0;
+        var kv1 = 0.0;
+        var kv2 = 0.0;
+        var kv3 = 0.0;
+{% for m in range(R // 4) %}
+        let k{{ m }} = kn[mine + {{ m }}u];
 {% endfor %}
-            sq += ((q0 + q1) + (q2 + q3)) + ((q4 + q5) + (q6 + q7));
-            sk += ((k0 + k1) + (k2 + k3)) + ((k4 + k5) + (k6 + k7));
-        }
-        let inv_q = 1.0 / sqrt(sq + 1e-6) * inv_sqrt_dk;
-        let inv_k = 1.0 / sqrt(sk + 1e-6);
-        var kv = 0.0;
-{% for i in range(32) %}
+{% for i in range(R) %}
         s{{ i }} *= decay;
-        kv = fma(s{{ i }}, kn[r0 + {{ i }}u], kv);
+        kv{{ i % 4 }} = fma(s{{ i }}, k{{ i // 4 }}.{{ "xyzw"[i % 4] }}, kv{{ i % 4 }});
 {% endfor %}
-        part[lane] = kv;
+        part_kv[lane] = (kv0 + kv1) + (kv2 + kv3);
+        // Token i + 1's q and k into the other half (its readers, token i - 1, are past the barrier that ended it).
+{{ store_qk("64u - cur") }}
+{{ load_qk("min(i + 2u, p.t - 1u)") }}
         workgroupBarrier();
         var kv_all = 0.0;
         for (var m = 0u; m < p.q; m++) {
-            kv_all += part[col * p.q + m];
+            kv_all += part_kv[col * p.q + m];
         }
-        let step = (v - kv_all * inv_k) * beta * inv_k;
-        var o = 0.0;
-{% for i in range(32) %}
-        s{{ i }} = fma(kn[r0 + {{ i }}u], step, s{{ i }});
-        o = fma(s{{ i }}, qn[r0 + {{ i }}u], o);
+        let step = (v - kv_all) * beta;
+        var o0 = 0.0;
+        var o1 = 0.0;
+        var o2 = 0.0;
+        var o3 = 0.0;
+{% for m in range(R // 4) %}
+        let q{{ m }} = qn[mine + {{ m }}u];
 {% endfor %}
-        workgroupBarrier();
-        part[lane] = o;
+{% for i in range(R) %}
+        s{{ i }} = fma(k{{ i // 4 }}.{{ "xyzw"[i % 4] }}, step, s{{ i }});
+        o{{ i % 4 }} = fma(s{{ i }}, q{{ i // 4 }}.{{ "xyzw"[i % 4] }}, o{{ i % 4 }});
+{% endfor %}
+        part_o[lane] = (o0 + o1) + (o2 + o3);
+        // part_o is read after this barrier and written again after the next token's first one.
         workgroupBarrier();
         if (lane % p.q == 0u && live) {
             var o_all = 0.0;
             for (var m = 0u; m < p.q; m++) {
-                o_all += part[col * p.q + m];
+                o_all += part_o[col * p.q + m];
             }
-            out[(i * p.hv + hh) * p.dv + j] = o_all * inv_q;
+            out[(i * p.hv + hh) * p.dv + j] = o_all;
         }
-        // Before the next token overwrites qn, kn and part.
-        workgroupBarrier();
     }
     if (live) {
-{% for i in range(32) %}
+{% for i in range(R) %}
         if (r0 + {{ i }}u < p.dk) {
             state[head_state + (r0 + {{ i }}u) * p.dv + j] = s{{ i }};
         }

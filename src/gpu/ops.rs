@@ -431,6 +431,9 @@ impl Backend for Gpu {
         let chunks = if kernel <= 17 { t.div_ceil(16).min(65535) } else { 1 };
         let grid = (channels.div_ceil(64) as u32, chunks as u32, 1);
         self.dispatch("conv1d", &[&x.buf, &w.conv1d, &state.conv, &conv.buf], &params, grid);
+        // q and k L2-normalized for all tokens at once, before the recurrence walks them.
+        let params = [t as u32, dk as u32, channels as u32, hk as u32];
+        self.dispatch("delta_qk_norm", &[&conv.buf], &params, (2 * hk as u32, t.min(65535) as u32, 1));
         let recurrence = self.empty(t * hv * dv);
         // Threads per state column: each holds 32 of its dk rows (see wgsl/delta_rule.wgsl).
         let q = dk.div_ceil(32).next_power_of_two();
