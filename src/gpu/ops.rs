@@ -492,17 +492,23 @@ impl Backend for Gpu {
         let ids = back.next().expect("read back above");
         let waited = wait.elapsed().as_nanos() as u64;
         slots.store.counters[*layer].route_wait_nanos.fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
-        if let Some(guess) = back.next() {
+        let mut guess = back.next().map(|guess| {
             // (Every layer has as many routed experts; the shared expert's id, `routed`, is never read.)
             let mut guess: Vec<usize> = guess.into_iter().map(|id| id as usize).filter(|&id| id < e.routed).collect();
             guess.sort_unstable();
             guess.dedup();
             guess.retain(|&id| !slots.resident(layer + 1, id));
-            slots.store.prefetch(layer + 1, &guess);
-        }
+            guess
+        });
         let mut first = 0;
         while first < pairs {
             let (covered, slot_ids) = self.stage_experts(slots, *layer, &ids, r.k, e.routed, first)?;
+            // The guesses start being read once this layer's first records are in: alongside them they slowed the
+            // reads this layer waits for; after them, they keep the disk busy while the GPU runs this layer and
+            // routes the next.
+            if let Some(guess) = guess.take() {
+                slots.store.prefetch(layer + 1, &guess);
+            }
             let slot_ids = slots.slot_ids(self, *layer, &slot_ids)?;
             self.expert_kernels(x, &slot_ids, r.k, e, first..first + covered, layout, &act, &out);
             first += covered;
