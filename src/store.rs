@@ -33,8 +33,8 @@ const RUN_BYTES: u64 = 16 << 20;
 pub enum Prefetch {
     Off,
     /// In forward calls of several tokens (a prefill), where the guesses (the union over the tokens) are
-    /// many and mostly right; not in decode steps, where on a disk-bound machine the wrong ones cost more than
-    /// the overlap gains (docs/PERF.md).
+    /// many and mostly right; not in decode steps, where on the slower disks measured the wrong ones cost more
+    /// than the overlap gains (a faster one gained 7–12% with `on`: docs/PERF.md).
     Prefill,
     /// In every forward call.
     On,
