@@ -273,6 +273,26 @@ fn read_turn(editor: &mut rustyline::DefaultEditor, prompt: &str) -> Result<Opti
 }
 
 /// Streams an answer to stdout: the thinking dimmed (on a terminal) or hidden, the rest plain.
+/// `text` for a terminal: control characters other than newline and tab shown as their Unicode pictures (ESC as
+/// ␛, carriage return as ␍, DEL as ␡) and C1 controls as U+FFFD, so that a model's output cannot move the cursor,
+/// erase lines or send other escape sequences to the terminal (random weights emit such bytes often enough to
+/// have erased the chat's own status lines).
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| match c {
+            c if !unsafe_char(c) => c,
+            '\u{7f}' => '\u{2421}',
+            c if (c as u32) < 0x20 => char::from_u32(0x2400 + c as u32).unwrap_or('\u{fffd}'),
+            _ => '\u{fffd}',
+        })
+        .collect::<String>()
+        .into()
+}
+
 struct Printer {
     color: bool,
     hide_thinking: bool,
@@ -295,7 +315,7 @@ impl Printer {
                         let _ = write!(out, "\x1b[2m");
                         self.dim = true;
                     }
-                    let _ = write!(out, "{t}");
+                    let _ = write!(out, "{}", self.safe(&t));
                 }
                 Part::Thought(_) => {}
                 Part::Answer(t) => {
@@ -303,11 +323,20 @@ impl Printer {
                         let _ = writeln!(out, "\x1b[0m");
                         self.dim = false;
                     }
-                    let _ = write!(out, "{t}");
+                    let _ = write!(out, "{}", self.safe(&t));
                 }
             }
         }
         let _ = out.flush();
+    }
+
+    /// On a terminal, the model's text with its control characters made visible (`terminal_safe`).
+    fn safe<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.color {
+            terminal_safe(text)
+        } else {
+            text.into()
+        }
     }
 
     fn print(&mut self, text: &str) {

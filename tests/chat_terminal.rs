@@ -213,3 +213,13 @@ fn built_in_tool_calls_run_and_their_results_go_back() {
     let next = chat.next_prompt().unwrap();
     assert_eq!(next, "\n<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>\n<|im_start|>assistant\n<think>\n");
 }
+
+/// What a model writes reaches the terminal without its control characters: no escape sequence of its can move the
+/// cursor or erase the chat's own lines (random weights emit such bytes).
+#[test]
+fn model_text_cannot_drive_the_terminal() {
+    use floe::conversation::terminal_safe;
+    assert_eq!(terminal_safe("plain text,\ttabs and\nnewlines"), "plain text,\ttabs and\nnewlines");
+    assert_eq!(terminal_safe("a\x1b[2Kb\rc\x07d\x7fe\u{9b}f"), "a\u{241b}[2Kb\u{240d}c\u{2407}d\u{2421}e\u{fffd}f");
+    assert_eq!(terminal_safe("\0"), "\u{2400}");
+}
