@@ -272,7 +272,6 @@ fn read_turn(editor: &mut rustyline::DefaultEditor, prompt: &str) -> Result<Opti
     }
 }
 
-/// Streams an answer to stdout: the thinking dimmed (on a terminal) or hidden, the rest plain.
 /// `text` for a terminal: control characters other than newline and tab shown as their Unicode pictures (ESC as
 /// ␛, carriage return as ␍, DEL as ␡) and C1 controls as U+FFFD, so that a model's output cannot move the cursor,
 /// erase lines or send other escape sequences to the terminal (random weights emit such bytes often enough to
@@ -293,6 +292,7 @@ pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
+/// Streams an answer to stdout: the thinking dimmed (on a terminal) or hidden, the rest plain.
 struct Printer {
     color: bool,
     hide_thinking: bool,
