@@ -117,16 +117,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
 }
 {% else %}
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(8, 8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     tile_row0 = wid.x * 64u;
     tile_tok0 = wid.y * 64u;
 {{ tile_matmul(fmt) }}
-{% for i in range(4) %}
-{% for j in range(4) %}
+{% for i in range(8) %}
+{% for j in range(8) %}
     {
-        let row = tile_row0 + lid.y * 4u + {{ i }}u;
-        let tok = tile_tok0 + lid.x * 4u + {{ j }}u;
+        let row = tile_row0 + lid.y * 8u + {{ i }}u;
+        let tok = tile_tok0 + lid.x * 8u + {{ j }}u;
         if (row < p.rows && tok < p.t) {
 {{ store("row", "tok", "acc" ~ i ~ "_" ~ j) }}
         }

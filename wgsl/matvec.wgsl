@@ -319,14 +319,15 @@ var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
 {% endfor %}
 {% endmacro %}
 
-{# Tiles (prefill matmuls, 2/4/8-bit affine formats): a workgroup of `tokens`/4 × 16 threads computes a tile of 64
-   rows × `tokens` tokens, each thread 4 rows (tile rows 4·lid.y ..) × 4 tokens (4·lid.x ..) into acc{i}_{j}. Per
-   unit of 32 columns, the workgroup dequantizes the 64 rows' weights and copies the 64 tokens' x into workgroup memory
-   (column-major, so a thread reads 4 rows or 4 tokens as one vec4), then each thread does 16 FMAs per 2 loads from
-   there: each weight is unpacked once per `tokens` tokens. The includer says where rows and tokens are: WGSL
-   functions `tile_row(r) -> vec3<u32>` (the index of tile row r's first weight word, scale and bias; r < 64) and
-   `tile_x(t)` (the index of tile token t's first x vec4; t < `tokens`), each returning something in range for any
-   r and t. #}
+{# Tiles (prefill matmuls, 2/4/8-bit affine formats): a workgroup of 8 × 8 threads computes a tile of 64 rows ×
+   `tokens` (64) tokens, each thread 8 rows (tile rows 8·lid.y ..) × 8 tokens (8·lid.x ..) into acc{i}_{j}. Per unit
+   of 32 columns, the workgroup dequantizes the 64 rows' weights and copies the tokens' x into workgroup memory
+   (column-major, so a thread reads 4 rows or 4 tokens as one vec4), then each thread does 64 FMAs per 4 loads from
+   there: each weight is unpacked once per `tokens` tokens. (4 × 4 per thread in 16 × 16 threads did 16 FMAs per 2
+   loads with their index arithmetic, at ~21 TFLOPS on the H100: docs/PERF.md.) The includer
+   says where rows and tokens are: WGSL functions `tile_row(r) -> vec3<u32>` (the index of tile row r's first weight
+   word, scale and bias; r < 64) and `tile_x(t)` (the index of tile token t's first x vec4; t < `tokens`), each
+   returning something in range for any r and t. #}
 {% macro tile_declarations(fmt, tokens=64) %}
 const VALS: u32 = {{ 32 // fmt.bits }}u;
 // Column k of the unit: ws[k · 16 + r / 4][r % 4] = weight of tile row r, xs[k · TQ + t / 4][t % 4] = x of tile
@@ -336,60 +337,53 @@ var<workgroup> ws: array<vec4<f32>, 512>;
 var<workgroup> xs: array<vec4<f32>, {{ tokens * 8 }}>;
 {% endmacro %}
 
-{# Issues the loads of unit `u` (tile_matmul). #}
-{% macro tile_load_unit(fmt, wl, tokens, u) %}
-{% for n in range(wl) %}
-        if (wi{{ n }} < 64u * BITS) {
+{# Issues the loads of unit `u` (tile_matmul): this thread's row's BITS words with their group's scale and bias, and
+   x vec4 `id % 8` of the unit of tile tokens `id / 8 + 8·n`. #}
+{% macro tile_load_unit(fmt, tokens, u) %}
+        {
             let g = ({{ u }}) * 32u / GROUP;
-            wv{{ n }} = w[wrow{{ n }}.x + ({{ u }}) * BITS + wi{{ n }} / 64u];
-            wsc{{ n }} = {{ fmt.sdtype }}_at(wrow{{ n }}.y + g);
-            wbi{{ n }} = {{ fmt.sdtype }}_at(wrow{{ n }}.z + g);
-        }
+{% for n in range(fmt.bits) %}
+            wv{{ n }} = w[wrow.x + ({{ u }}) * BITS + {{ n }}u];
 {% endfor %}
-{% for n in range(2) %}
+            wsc = {{ fmt.sdtype }}_at(wrow.y + g);
+            wbi = {{ fmt.sdtype }}_at(wrow.z + g);
+        }
+{% for n in range(tokens // 8) %}
         xv{{ n }} = x[xrow{{ n }} + ({{ u }}) * 8u + id % 8u];
 {% endfor %}
 {% endmacro %}
 
 {% macro tile_matmul(fmt, tokens=64) %}
-{% set threads = 4 * tokens %}
-    let id = lid.y * TQ + lid.x;
-{% for i in range(4) %}
-{% for j in range(4) %}
+    let id = lid.y * 8u + lid.x;
+{% for i in range(8) %}
+{% for j in range(8) %}
     var acc{{ i }}_{{ j }} = 0.0;
 {% endfor %}
 {% endfor %}
-    // This thread's share of a unit, loaded a unit ahead (in flight while the FMAs of the unit before run): weight
-    // words `wi{n} / 64` of tile rows `wi{n} % 64` (consecutive threads on consecutive rows) with their group's
-    // scale and bias, and x vec4s `id % 8` of tile tokens `id / 8` and {{ tokens // 2 }} + `id / 8`.
-{% set wl = (64 * fmt.bits + threads - 1) // threads %}
-{% for n in range(wl) %}
-    let wi{{ n }} = id + {{ n * threads }}u;
-    let wrow{{ n }} = tile_row(wi{{ n }} % 64u);
+    // This thread's share of a unit, loaded a unit ahead (in flight while the FMAs of the unit before run): the
+    // weight words of tile row `id` (consecutive threads on consecutive rows) and x of 8 tokens.
+    let wrow = tile_row(id);
+{% for n in range(fmt.bits) %}
     var wv{{ n }} = 0u;
-    var wsc{{ n }} = 0.0;
-    var wbi{{ n }} = 0.0;
 {% endfor %}
-    let xrow0 = tile_x(id / 8u);
-    let xrow1 = tile_x(id / 8u + {{ tokens // 2 }}u);
-    var xv0 = vec4<f32>();
-    var xv1 = vec4<f32>();
-{{ tile_load_unit(fmt, wl, tokens, "0u") }}
+    var wsc = 0.0;
+    var wbi = 0.0;
+{% for n in range(tokens // 8) %}
+    let xrow{{ n }} = tile_x(id / 8u + {{ 8 * n }}u);
+    var xv{{ n }} = vec4<f32>();
+{% endfor %}
+{{ tile_load_unit(fmt, tokens, "0u") }}
     let units = p.cols / 32u;
     for (var u = 0u; u < units; u++) {
         workgroupBarrier();
-{% for n in range(wl) %}
-        if (wi{{ n }} < 64u * BITS) {
-            let r = wi{{ n }} % 64u;
-            let word = wi{{ n }} / 64u;
-            for (var j = 0u; j < VALS; j++) {
-                ws[(word * VALS + j) * 16u + r / 4u][r % 4u] = wsc{{ n }} * f32((wv{{ n }} >> (j * BITS)) & MASK) + wbi{{ n }};
-            }
-        }
+{% for n in range(fmt.bits) %}
+{% for j in range(32 // fmt.bits) %}
+        ws[{{ (n * (32 // fmt.bits) + j) * 16 }}u + id / 4u][id % 4u] = wsc * f32((wv{{ n }} >> {{ j * fmt.bits }}u) & MASK) + wbi;
 {% endfor %}
-{% for n in range(2) %}
+{% endfor %}
+{% for n in range(tokens // 8) %}
         {
-            let t = id / 8u + {{ n * tokens // 2 }}u;
+            let t = id / 8u + {{ 8 * n }}u;
             let q = id % 8u;
             xs[(q * 4u) * TQ + t / 4u][t % 4u] = xv{{ n }}.x;
             xs[(q * 4u + 1u) * TQ + t / 4u][t % 4u] = xv{{ n }}.y;
@@ -398,18 +392,22 @@ var<workgroup> xs: array<vec4<f32>, {{ tokens * 8 }}>;
         }
 {% endfor %}
         workgroupBarrier();
-{{ tile_load_unit(fmt, wl, tokens, "min(u + 1u, units - 1u)") }}
-{% for k in range(32) %}
-        {
-            let wv = ws[{{ k * 16 }}u + lid.y];
-            let xv = xs[{{ k }}u * TQ + lid.x];
-{% for i in range(4) %}
-{% for j in range(4) %}
-            acc{{ i }}_{{ j }} = fma(wv[{{ i }}], xv[{{ j }}], acc{{ i }}_{{ j }});
+{{ tile_load_unit(fmt, tokens, "min(u + 1u, units - 1u)") }}
+        for (var k = 0u; k < 32u; k += 8u) {
+{% for kk in range(8) %}
+            {
+                let wa = ws[(k + {{ kk }}u) * 16u + 2u * lid.y];
+                let wb = ws[(k + {{ kk }}u) * 16u + 2u * lid.y + 1u];
+                let xa = xs[(k + {{ kk }}u) * TQ + 2u * lid.x];
+                let xb = xs[(k + {{ kk }}u) * TQ + 2u * lid.x + 1u];
+{% for i in range(8) %}
+{% for j in range(8) %}
+                acc{{ i }}_{{ j }} = fma({{ "wa" if i < 4 else "wb" }}[{{ i % 4 }}], {{ "xa" if j < 4 else "xb" }}[{{ j % 4 }}], acc{{ i }}_{{ j }});
 {% endfor %}
+{% endfor %}
+            }
 {% endfor %}
         }
-{% endfor %}
     }
 {% endmacro %}
 
