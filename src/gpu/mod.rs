@@ -67,6 +67,10 @@ pub struct Gpu {
     tensor_cores: Cell<bool>,
     /// The mappable buffer results are read back through.
     staging: RefCell<Option<wgpu::Buffer>>,
+    /// The 4-byte mappable buffers chosen tokens come back through ([`ops::Chosen`]), back here when dropped, and
+    /// how many were made: a decode step makes none once a few are in use.
+    chosen_readbacks: Rc<RefCell<Vec<wgpu::Buffer>>>,
+    chosen_readbacks_made: Cell<usize>,
     /// The last RoPE cos/sin table uploaded and what it was for (pos0, tokens, rotary dims, theta's bits): every
     /// attention layer of a forward call rotates q and k with the same one.
     rope_table: RefCell<Option<((usize, usize, usize, u64), Rc<Buf>)>>,
@@ -248,6 +252,8 @@ impl Gpu {
             subgroups: Cell::new(optional.contains(wgpu::Features::SUBGROUP)),
             tensor_cores: Cell::new(tensor_cores && std::env::var("FLOE_TENSOR_CORES").is_ok_and(|v| v == "1")),
             staging: RefCell::new(None),
+            chosen_readbacks: Rc::default(),
+            chosen_readbacks_made: Cell::new(0),
             rope_table: RefCell::new(None),
             remap: RefCell::default(),
             expert_memory: Cell::new((DEFAULT_EXPERT_MEMORY, crate::store::CachePolicy::Lru)),
@@ -329,6 +335,11 @@ impl Gpu {
     /// Bind groups held in the cache (it must not grow with the tokens generated).
     pub fn cached_bind_groups(&self) -> usize {
         self.bind_groups.borrow().len()
+    }
+
+    /// Buffers made to read chosen tokens back (it must not grow with the tokens generated).
+    pub fn chosen_readbacks_made(&self) -> usize {
+        self.chosen_readbacks_made.get()
     }
 
     /// The largest buffer one binding may cover on this GPU.

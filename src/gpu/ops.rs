@@ -1,5 +1,6 @@
 //! The forward pass's operations on the GPU ([`Backend`] for [`Gpu`]), and the upload of host weights.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -87,12 +88,22 @@ pub struct Act {
     len: usize,
 }
 
-/// A token id chosen on the GPU ([`Backend::choose`]), and its way back to the CPU: a copy in a buffer of its own,
-/// mapped once the submission that chose it has run.
+/// A token id chosen on the GPU ([`Backend::choose`]), and its way back to the CPU: a copy in a mappable buffer
+/// (reused from earlier choices), mapped once the submission that chose it has run.
 pub struct Chosen {
     id: Buf,
     readback: wgpu::Buffer,
     submission: wgpu::SubmissionIndex,
+    /// Where `readback` goes, unmapped, once this is dropped (the next choice reuses it).
+    spare: Rc<RefCell<Vec<wgpu::Buffer>>>,
+}
+
+impl Drop for Chosen {
+    fn drop(&mut self) {
+        // Also ends a mapping still pending (a choice never read).
+        self.readback.unmap();
+        self.spare.borrow_mut().push(self.readback.clone());
+    }
 }
 
 /// Per token, k expert ids and their weights, on the GPU.
@@ -561,17 +572,21 @@ impl Backend for Gpu {
 
     fn choose(&self, x: &Act) -> Result<Chosen> {
         let id = self.argmax_id(x);
-        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("chosen token"),
-            size: 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let spare = self.chosen_readbacks.borrow_mut().pop();
+        let readback = spare.unwrap_or_else(|| {
+            self.chosen_readbacks_made.set(self.chosen_readbacks_made.get() + 1);
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("chosen token"),
+                size: 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         self.copy_out(&id, &readback, 4);
         let submission = self.flush().expect("the choice was recorded");
         self.settle_pool();
         readback.slice(..).map_async(wgpu::MapMode::Read, |_| {});
-        Ok(Chosen { id, readback, submission })
+        Ok(Chosen { id, readback, submission, spare: self.chosen_readbacks.clone() })
     }
 
     fn runs_ahead(&self) -> bool {
