@@ -323,9 +323,9 @@ var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
    `tokens` (64) tokens, each thread 8 rows (tile rows 8·lid.y ..) × 8 tokens (8·lid.x ..) into acc{i}_{j}. Per unit
    of 32 columns, the workgroup dequantizes the 64 rows' weights and copies the tokens' x into workgroup memory
    (column-major, so a thread reads 4 rows or 4 tokens as one vec4), then each thread does 64 FMAs per 4 loads from
-   there: each weight is unpacked once per `tokens` tokens. (4 × 4 per thread in 16 × 16 threads did 16 FMAs per 2
-   loads with their index arithmetic, at ~21 TFLOPS on the H100: docs/PERF.md.) The includer
-   says where rows and tokens are: WGSL functions `tile_row(r) -> vec3<u32>` (the index of tile row r's first weight
+   there: each weight is unpacked once per `tokens` tokens. (4 × 4 per thread in 16 × 16 threads, 16 FMAs per 2
+   loads, took 4.5% longer on the H200: docs/PERF.md, "The delta rule's token step".) The includer says where rows
+   and tokens are: WGSL functions `tile_row(r) -> vec3<u32>` (the index of tile row r's first weight
    word, scale and bias; r < 64) and `tile_x(t)` (the index of tile token t's first x vec4; t < `tokens`), each
    returning something in range for any r and t. #}
 {% macro tile_declarations(fmt, tokens=64) %}
