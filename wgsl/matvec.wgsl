@@ -319,27 +319,27 @@ var<workgroup> xt: array<vec4<f32>, {{ units * 8 }}>;
 {% endfor %}
 {% endmacro %}
 
-{# Tiles (prefill matmuls, 2/4/8-bit affine formats): a workgroup of 8 × 8 threads computes a tile of 64 rows ×
-   `tokens` (64) tokens, each thread 8 rows (tile rows 8·lid.y ..) × 8 tokens (8·lid.x ..) into acc{i}_{j}. Per unit
-   of 32 columns, the workgroup dequantizes the 64 rows' weights and copies the tokens' x into workgroup memory
+{# Tiles (prefill matmuls, 2/4/8-bit affine formats): a workgroup of 8 × 8 threads computes a tile of 64 rows × 64
+   tokens, each thread 8 rows (tile rows 8·lid.y ..) × 8 tokens (8·lid.x ..) into acc{i}_{j}. Per unit of 32
+   columns, the workgroup dequantizes the 64 rows' weights and copies the 64 tokens' x into workgroup memory
    (column-major, so a thread reads 4 rows or 4 tokens as one vec4), then each thread does 64 FMAs per 4 loads from
-   there: each weight is unpacked once per `tokens` tokens. (4 × 4 per thread in 16 × 16 threads, 16 FMAs per 2
-   loads, took 4.5% longer on the H200: docs/PERF.md, "The delta rule's token step".) The includer says where rows
-   and tokens are: WGSL functions `tile_row(r) -> vec3<u32>` (the index of tile row r's first weight
-   word, scale and bias; r < 64) and `tile_x(t)` (the index of tile token t's first x vec4; t < `tokens`), each
-   returning something in range for any r and t. #}
-{% macro tile_declarations(fmt, tokens=64) %}
+   there: each weight is unpacked once per 64 tokens. (4 × 4 per thread in 16 × 16 threads, 16 FMAs per 2 loads,
+   took 4.5% longer on the H200: docs/PERF.md, "The delta rule's token step".) The includer says where rows and
+   tokens are: WGSL functions `tile_row(r) -> vec3<u32>` (the index of tile row r's first weight word, scale and
+   bias; r < 64) and `tile_x(t)` (the index of tile token t's first x vec4; t < 64), each returning something in
+   range for any r and t. #}
+{% macro tile_declarations(fmt) %}
 const VALS: u32 = {{ 32 // fmt.bits }}u;
 // Column k of the unit: ws[k · 16 + r / 4][r % 4] = weight of tile row r, xs[k · TQ + t / 4][t % 4] = x of tile
-// token t (TQ = tokens / 4 vec4s per column).
-const TQ: u32 = {{ tokens // 4 }}u;
+// token t (TQ = 16 vec4s per column).
+const TQ: u32 = 16u;
 var<workgroup> ws: array<vec4<f32>, 512>;
-var<workgroup> xs: array<vec4<f32>, {{ tokens * 8 }}>;
+var<workgroup> xs: array<vec4<f32>, 512>;
 {% endmacro %}
 
 {# Issues the loads of unit `u` (tile_matmul): this thread's row's BITS words with their group's scale and bias, and
    x vec4 `id % 8` of the unit of tile tokens `id / 8 + 8·n`. #}
-{% macro tile_load_unit(fmt, tokens, u) %}
+{% macro tile_load_unit(fmt, u) %}
         {
             let g = ({{ u }}) * 32u / GROUP;
 {% for n in range(fmt.bits) %}
@@ -348,12 +348,12 @@ var<workgroup> xs: array<vec4<f32>, {{ tokens * 8 }}>;
             wsc = {{ fmt.sdtype }}_at(wrow.y + g);
             wbi = {{ fmt.sdtype }}_at(wrow.z + g);
         }
-{% for n in range(tokens // 8) %}
+{% for n in range(8) %}
         xv{{ n }} = x[xrow{{ n }} + ({{ u }}) * 8u + id % 8u];
 {% endfor %}
 {% endmacro %}
 
-{% macro tile_matmul(fmt, tokens=64) %}
+{% macro tile_matmul(fmt) %}
     let id = lid.y * 8u + lid.x;
 {% for i in range(8) %}
 {% for j in range(8) %}
@@ -368,11 +368,11 @@ var<workgroup> xs: array<vec4<f32>, {{ tokens * 8 }}>;
 {% endfor %}
     var wsc = 0.0;
     var wbi = 0.0;
-{% for n in range(tokens // 8) %}
+{% for n in range(8) %}
     let xrow{{ n }} = tile_x(id / 8u + {{ 8 * n }}u);
     var xv{{ n }} = vec4<f32>();
 {% endfor %}
-{{ tile_load_unit(fmt, tokens, "0u") }}
+{{ tile_load_unit(fmt, "0u") }}
     let units = p.cols / 32u;
     for (var u = 0u; u < units; u++) {
         workgroupBarrier();
@@ -381,7 +381,7 @@ var<workgroup> xs: array<vec4<f32>, {{ tokens * 8 }}>;
         ws[{{ (n * (32 // fmt.bits) + j) * 16 }}u + id / 4u][id % 4u] = wsc * f32((wv{{ n }} >> {{ j * fmt.bits }}u) & MASK) + wbi;
 {% endfor %}
 {% endfor %}
-{% for n in range(tokens // 8) %}
+{% for n in range(8) %}
         {
             let t = id / 8u + {{ 8 * n }}u;
             let q = id % 8u;
@@ -392,7 +392,7 @@ var<workgroup> xs: array<vec4<f32>, {{ tokens * 8 }}>;
         }
 {% endfor %}
         workgroupBarrier();
-{{ tile_load_unit(fmt, tokens, "min(u + 1u, units - 1u)") }}
+{{ tile_load_unit(fmt, "min(u + 1u, units - 1u)") }}
         for (var k = 0u; k < 32u; k += 8u) {
 {% for kk in range(8) %}
             {
