@@ -536,12 +536,18 @@ var<workgroup> cs: array<f32, {{ R * T }}>;
    On the H200 this took the expert kernels of a 512-token prefill of 35B-A3B from 134 to 74 ms against tiles of
    64 rows × 32 tokens dequantized into workgroup memory (docs/PERF.md, "A thread per row"); for the dense
    matmuls it measured slower than tiles of 64 × 64 (45.4 → 54.1 ms for the split input projections).
-   The includer declares `x` (vec4s), `w` and Params `p` (with rows and cols) and defines `fn token_x(chunk:
-   vec2<u32>, t: u32) -> u32` (the first x vec4 of pair t < 16 of the chunk, in range for any t) and `fn
-   store_rows(i: u32, ra: u32, rb: u32, a: f32, b: f32)` (writes the sums a of row ra and b of row rb, either of
-   which may be past p.rows, of the pair order[i]); in main, before rows_passes: `chunk` (its first pair in `order`
-   and count, workgroup-uniform), Mats `ma` and `mb` and the rows `ra` and `rb` of this thread. #}
+   A row's words of a unit are one 16-byte load at 4 and 8 bits (`wq`, the same buffer as `w` bound as vec4s), and
+   each group's scale and bias are loaded once, not once per unit: consecutive threads read rows a row apart, so
+   each load of a warp touches 32 cache lines (on the H100: gate_up 50.4 → 42.3 ms, down 24.3 → 20.4 ms;
+   docs/PERF.md, "Rows in 16-byte loads").
+   The includer declares `x` (vec4s), `w` and Params `p` (with rows and cols), binds `w`'s buffer again at binding
+   6, and defines `fn token_x(chunk: vec2<u32>, t: u32) -> u32` (the first x vec4 of pair t < 16 of the chunk, in
+   range for any t) and `fn store_rows(i: u32, ra: u32, rb: u32, a: f32, b: f32)` (writes the sums a of row ra and
+   b of row rb, either of which may be past p.rows, of the pair order[i]); in main, before rows_passes: `chunk` (its
+   first pair in `order` and count, workgroup-uniform), Mats `ma` and `mb` and the rows `ra` and `rb` of this
+   thread. #}
 {% macro rows_declarations() %}
+@group(0) @binding(6) var<storage, read> wq: array<vec4<u32>>;
 const XU: u32 = 8u;
 // x of the chunk's tokens, units ub .. ub + XU: xs[t · XU · 8 + (u - ub) · 8 + j] = vec4 j of unit u of token t.
 var<workgroup> xs: array<vec4<f32>, {{ 16 * 8 * 8 }}>;
@@ -568,8 +574,9 @@ var<workgroup> xs: array<vec4<f32>, {{ 16 * 8 * 8 }}>;
         let wrow{{ m }} = m{{ m }}.w + c{{ m }} * (p.cols / 32u * BITS);
         let grow{{ m }} = c{{ m }} * (p.cols / GROUP);
 {% for k in range(fmt.bits) %}
-        var w{{ m }}{{ k }} = w[wrow{{ m }} + {{ k }}u];
+        var w{{ m }}{{ k }} = 0u;
 {% endfor %}
+{{ rows_words(fmt, m, "wrow" ~ m) }}
         var s{{ m }} = {{ fmt.sdtype }}_at(m{{ m }}.s + grow{{ m }});
         var b{{ m }} = {{ fmt.sdtype }}_at(m{{ m }}.b + grow{{ m }});
 {% endfor %}
@@ -594,11 +601,11 @@ var<workgroup> xs: array<vec4<f32>, {{ 16 * 8 * 8 }}>;
                 {
                     let un = min(u + 1u, units - 1u);
 {% for m in ["a", "b"] %}
-{% for k in range(fmt.bits) %}
-                    w{{ m }}{{ k }} = w[wrow{{ m }} + un * BITS + {{ k }}u];
-{% endfor %}
-                    s{{ m }} = {{ fmt.sdtype }}_at(m{{ m }}.s + grow{{ m }} + un * 32u / GROUP);
-                    b{{ m }} = {{ fmt.sdtype }}_at(m{{ m }}.b + grow{{ m }} + un * 32u / GROUP);
+{{ rows_words(fmt, m, "wrow" ~ m ~ " + un * BITS") }}
+                    if (un * 32u % GROUP == 0u) {
+                        s{{ m }} = {{ fmt.sdtype }}_at(m{{ m }}.s + grow{{ m }} + un * 32u / GROUP);
+                        b{{ m }} = {{ fmt.sdtype }}_at(m{{ m }}.b + grow{{ m }} + un * 32u / GROUP);
+                    }
 {% endfor %}
                 }
 {{ rows_unit(fmt, nt) }}
@@ -610,6 +617,23 @@ var<workgroup> xs: array<vec4<f32>, {{ 16 * 8 * 8 }}>;
         }
 {% endfor %}
     }
+{% endmacro %}
+
+{# Loads the words of matrix `m`'s unit at word `at` of this thread's row into w{m}0 ..: one 16-byte load per 4
+   words at 4 and 8 bits (the matrices start on 16 bytes: ExpertLayout::of in ops.rs), else a word at a time. #}
+{% macro rows_words(fmt, m, at) %}
+{% if fmt.bits % 4 == 0 %}
+{% for v in range(fmt.bits // 4) %}
+        let q{{ m }}{{ v }} = wq[({{ at }}) / 4u + {{ v }}u];
+{% for c in range(4) %}
+        w{{ m }}{{ 4 * v + c }} = q{{ m }}{{ v }}.{{ "xyzw"[c] }};
+{% endfor %}
+{% endfor %}
+{% else %}
+{% for k in range(fmt.bits) %}
+        w{{ m }}{{ k }} = w[{{ at }} + {{ k }}u];
+{% endfor %}
+{% endif %}
 {% endmacro %}
 
 {# rows_pass' sums of one unit, in two halves of 16 values: dequantized as the grouped matvec unpacks words (value

@@ -221,11 +221,13 @@ impl Gpu {
             ExpertLayout::TensorCores => ("coop", 64, 128),
             _ => ("grouped", 8, 16),
         };
+        // The rows kernels also read the records as 16-byte words, through a second binding of the same buffer.
+        let again: &[&Buf] = if layout == ExpertLayout::Rows { &[&*e.buf] } else { &[] };
         let kernel = self.sg_variant(&format!("expert_gate_up_{}_{suffix}", e.gate_up_format));
-        let buffers = [&*e.buf, &x.buf, ids, &act.buf, &order, &chunk_table];
+        let buffers = [&[&*e.buf, &x.buf, ids, &act.buf, &order, &chunk_table][..], again].concat();
         self.dispatch(kernel, &buffers, &gate_up, (i.div_ceil(gate_up_rows) as u32, chunks as u32, 1));
         let kernel = self.sg_variant(&format!("expert_down_{}_{suffix}", e.down_format));
-        let buffers = [&*e.buf, &act.buf, ids, &out.buf, &order, &chunk_table];
+        let buffers = [&[&*e.buf, &act.buf, ids, &out.buf, &order, &chunk_table][..], again].concat();
         self.dispatch(kernel, &buffers, &down, (h.div_ceil(down_rows) as u32, chunks as u32, 1));
     }
 
@@ -685,8 +687,9 @@ enum ExpertLayout {
     /// weights per 8 tokens instead of per token.
     Grouped,
     /// Grouped, 16 pairs of an expert per pass, a thread per row (rows_passes in matvec.wgsl), where both kernels'
-    /// formats have them (2, 4 and 8 bits). On the H200 they beat Grouped from 2 pairs per expert on (a 64-token
-    /// prefill of 35B-A3B: 76.2 → 56.0 ms; docs/PERF.md, "A thread per row").
+    /// formats have them (2, 4 and 8 bits) and the records' matrices start on 16 bytes. On the H200 they beat
+    /// Grouped from 2 pairs per expert on (a 64-token prefill of 35B-A3B: 76.2 → 56.0 ms; docs/PERF.md, "A thread
+    /// per row").
     Rows,
     /// Rows' chunks on tensor cores (coop_matmul in matvec.wgsl), where the adapter has them.
     TensorCores,
@@ -702,9 +705,12 @@ impl ExpertLayout {
                 .iter()
                 .all(|k| kernels::find(k).is_some())
         };
+        // The rows kernels read 4- and 8-bit rows in 16-byte loads: every matrix of a record starts on 16 bytes
+        // (always so for the floe format's records, whose parts are whole units; checked, not assumed).
+        let aligned = e.stride % 16 == 0 && [e.gate, e.up, e.down].iter().all(|[w, _, _]| w % 16 == 0);
         match (has("rows"), tensor_cores) {
             (true, true) => ExpertLayout::TensorCores,
-            (true, false) => ExpertLayout::Rows,
+            (true, false) if aligned => ExpertLayout::Rows,
             _ => ExpertLayout::Grouped,
         }
     }
