@@ -426,9 +426,19 @@ impl Gpu {
         if let Some(p) = self.pipelines.borrow().get(name) {
             return p.clone();
         }
-        let p = Rc::new(build_pipeline(&self.device, name));
+        let p = Rc::new(build_pipeline(&self.device, name, self.unchecked(name)));
         self.pipelines.borrow_mut().insert(name, p.clone());
         p
+    }
+
+    /// Whether kernel `name` is compiled without naga's bounds checks and loop bounding: the prefill kernels that
+    /// measured faster so (expert rows, tiles, the delta rule's walk) on Vulkan, where wgpu turns on robust buffer
+    /// access for the device, so a storage access out of bounds stays harmless. On the H200 the checks made the
+    /// expert rows kernels 27% slower; the decode kernels ran as fast or slower without them
+    /// (docs/PERF.md, "Bounds checks in prefill kernels").
+    fn unchecked(&self, name: &str) -> bool {
+        const PREFILL: [&str; 3] = ["_rows", "_nt64", "delta_rule"];
+        self.info.backend == wgpu::Backend::Vulkan && PREFILL.iter().any(|k| name.contains(k))
     }
 
     /// Builds the pipelines of `names` now, on all cores (drivers compile each for tens of milliseconds; built
@@ -444,7 +454,8 @@ impl Gpu {
                 .chunks(missing.len().div_ceil(threads).max(1))
                 .map(|chunk| {
                     let device = &self.device;
-                    scope.spawn(move || chunk.iter().map(|&n| (n, build_pipeline(device, n))).collect::<Vec<_>>())
+                    let unchecked: Vec<bool> = chunk.iter().map(|n| self.unchecked(n)).collect();
+                    scope.spawn(move || chunk.iter().zip(unchecked).map(|(&n, u)| (n, build_pipeline(device, n, u))).collect::<Vec<_>>())
                 })
                 .collect();
             chunks.into_iter().flat_map(|h| h.join().expect("building a pipeline")).collect()
@@ -640,13 +651,17 @@ impl Gpu {
     }
 }
 
-/// Compiles kernel `name` into a compute pipeline with its bind-group layout.
-fn build_pipeline(device: &wgpu::Device, name: &'static str) -> Pipeline {
+/// Compiles kernel `name` into a compute pipeline with its bind-group layout; `unchecked`: without naga's bounds
+/// checks and loop bounding (see `Gpu::unchecked`).
+fn build_pipeline(device: &wgpu::Device, name: &'static str, unchecked: bool) -> Pipeline {
     let kernel = kernels::find(name).unwrap_or_else(|| panic!("no kernel named {name}"));
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(name),
-        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-    });
+    let source = wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(kernel.source.into()) };
+    let module = match unchecked {
+        // SAFETY: only on Vulkan with robust buffer access (Gpu::unchecked), for kernels whose workgroup-memory
+        // indices stay in range by construction, each checked against its CPU twin (tests/kernels.rs).
+        true => unsafe { device.create_shader_module_trusted(source, wgpu::ShaderRuntimeChecks::unchecked()) },
+        false => device.create_shader_module(source),
+    };
     let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
         .bindings
         .iter()
