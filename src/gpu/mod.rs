@@ -432,12 +432,12 @@ impl Gpu {
     }
 
     /// Whether kernel `name` is compiled without naga's bounds checks and loop bounding: the prefill kernels that
-    /// measured faster so (expert rows, tiles, the delta rule's walk) on Vulkan, where wgpu turns on robust buffer
-    /// access for the device, so a storage access out of bounds stays harmless. On the H200 the checks made the
-    /// expert rows kernels 27% slower; the decode kernels ran as fast or slower without them
+    /// measured faster so (expert rows, tiles, the delta rule's walk and its gated norm) on Vulkan, where wgpu turns
+    /// on robust buffer access for the device, so a storage access out of bounds stays harmless. On the H200 the
+    /// checks made the expert rows kernels 27% slower; the decode kernels ran as fast or slower without them
     /// (docs/PERF.md, "Bounds checks in prefill kernels").
     fn unchecked(&self, name: &str) -> bool {
-        const PREFILL: [&str; 3] = ["_rows", "_nt64", "delta_rule"];
+        const PREFILL: [&str; 4] = ["_rows", "_nt64", "delta_rule", "rms_norm_gated"];
         self.info.backend == wgpu::Backend::Vulkan && PREFILL.iter().any(|k| name.contains(k))
     }
 
