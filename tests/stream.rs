@@ -117,14 +117,19 @@ fn streamed_logits_equal_resident_logits_bit_for_bit_on_the_gpu() {
             (3 * k, CachePolicy::Os, 0, true),
             (every, CachePolicy::Lru, 0, false),
         ];
-        for (slots, policy, ram, prefetch) in cases {
+        // Each through staging and, where the device can map its slots, straight into them (zero-copy).
+        for ((slots, policy, ram, prefetch), zero_copy) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
             let host = streamed(&dir, ram, slots * slot, policy, prefetch);
             let gpu = gpu().unwrap();
+            if gpu.set_zero_copy(zero_copy) != zero_copy {
+                continue;
+            }
             gpu.set_expert_memory(slots * slot, policy);
             let model = host.to_backend(gpu).unwrap();
             let got = run(&model, &tokens);
             let err = relative_error(&got, &expected);
-            assert!(got == expected, "{name}: streamed through {slots} GPU slots ({policy:?}) differs by {err:.2e}");
+            let how = if zero_copy { "zero-copy" } else { "staged" };
+            assert!(got == expected, "{name}: streamed through {slots} GPU slots ({policy:?}, {how}) differs by {err:.2e}");
             let ahead = model.store.as_ref().unwrap().stats().prefetched;
             assert_eq!(ahead > 0, prefetch, "{name}: {slots} slots ({policy:?}): {ahead} records read ahead");
             let bind_groups = model.backend.cached_bind_groups();
@@ -140,12 +145,15 @@ fn streamed_logits_equal_resident_logits_bit_for_bit_on_the_gpu() {
         // down dense; like a grouped chunk's, each output of a tile is computed alone, whatever the chunking.)
         let long = prompt_of(&resident, 70);
         let expected = run(&resident, &long);
-        for slots in [k + 1, every] {
+        for (slots, zero_copy) in [(k + 1, false), (k + 1, true), (every, false)] {
             let host = streamed(&dir, 4 * k * record, slots * slot, CachePolicy::Lfu, true);
             let gpu = gpu().unwrap();
+            if gpu.set_zero_copy(zero_copy) != zero_copy {
+                continue;
+            }
             gpu.set_expert_memory(slots * slot, CachePolicy::Lfu);
             let got = run(&host.to_backend(gpu).unwrap(), &long);
-            assert!(got == expected, "{name}: a long prefill streamed through {slots} GPU slots differs");
+            assert!(got == expected, "{name}: a long prefill streamed through {slots} GPU slots (zero-copy {zero_copy}) differs");
         }
         let host = streamed(&dir, 0, 0, CachePolicy::Lru, false);
         let gpu = gpu().unwrap();

@@ -65,6 +65,10 @@ pub struct Gpu {
     /// them and the environment sets FLOE_TENSOR_CORES=1 (not yet the default: not yet measured on a GPU that has
     /// them, see docs/PERF.md).
     tensor_cores: Cell<bool>,
+    /// Whether streamed experts are read straight into their GPU slots (mappable slot buffers) instead of through a
+    /// staging buffer and copies: on adapters that share the host's memory (integrated GPUs, Apple Silicon,
+    /// software ones) and offer MAPPABLE_PRIMARY_BUFFERS; FLOE_ZERO_COPY=0 or 1 overrides (stream.rs).
+    zero_copy: Cell<bool>,
     /// The mappable buffer results are read back through.
     staging: RefCell<Option<wgpu::Buffer>>,
     /// The 4-byte mappable buffers chosen tokens come back through ([`ops::Chosen`]), back here when dropped, and
@@ -217,6 +221,13 @@ impl Gpu {
         // `floe bench --profile`) and tensor cores (`tensor_cores_of`).
         let timestamps = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         let mut optional = adapter.features() & (timestamps | wgpu::Features::SUBGROUP);
+        // Slot buffers the host writes into, where host and GPU memory are one (see `Gpu::zero_copy`).
+        let unified = matches!(info.device_type, wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::Cpu);
+        let mappable = adapter.features() & wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+        let zero_copy = !mappable.is_empty() && std::env::var("FLOE_ZERO_COPY").map_or(unified, |v| v == "1");
+        if zero_copy {
+            optional |= mappable;
+        }
         let tensor_cores = tensor_cores_of(&adapter);
         if tensor_cores {
             optional |= TENSOR_CORE_FEATURES;
@@ -251,6 +262,7 @@ impl Gpu {
             profiler: RefCell::new(None),
             subgroups: Cell::new(optional.contains(wgpu::Features::SUBGROUP)),
             tensor_cores: Cell::new(tensor_cores && std::env::var("FLOE_TENSOR_CORES").is_ok_and(|v| v == "1")),
+            zero_copy: Cell::new(zero_copy),
             staging: RefCell::new(None),
             chosen_readbacks: Rc::default(),
             chosen_readbacks_made: Cell::new(0),
@@ -274,6 +286,13 @@ impl Gpu {
     pub fn set_subgroups(&self, on: bool) -> bool {
         self.subgroups.set(on && self.device.features().contains(wgpu::Features::SUBGROUP));
         self.subgroups.get()
+    }
+
+    /// Reads streamed experts straight into their GPU slots or through staging (for models uploaded from now on);
+    /// returns whether they are read so now (never where the device lacks MAPPABLE_PRIMARY_BUFFERS).
+    pub fn set_zero_copy(&self, on: bool) -> bool {
+        self.zero_copy.set(on && self.device.features().contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS));
+        self.zero_copy.get()
     }
 
     /// Runs the prefill matmuls and expert kernels on tensor cores or not (the fallback); returns whether they are
@@ -329,7 +348,8 @@ impl Gpu {
         let i = &self.info;
         let subgroups = if self.subgroups.get() { "subgroups" } else { "no subgroups" };
         let tensor_cores = if self.tensor_cores.get() { ", tensor cores" } else { "" };
-        format!("{} ({:?}, {:?}, driver {} {}, {subgroups}{tensor_cores})", i.name, i.device_type, i.backend, i.driver, i.driver_info)
+        let zero_copy = if self.zero_copy.get() { ", streamed experts zero-copy" } else { "" };
+        format!("{} ({:?}, {:?}, driver {} {}, {subgroups}{tensor_cores}{zero_copy})", i.name, i.device_type, i.backend, i.driver, i.driver_info)
     }
 
     /// Bind groups held in the cache (it must not grow with the tokens generated).

@@ -1,5 +1,7 @@
 //! Streamed experts on the GPU: a cache of expert slots in GPU memory (`--gpu-mem`), filled from the host store
-//! (crate::store) through a mapped staging buffer and buffer-to-buffer copies, never `queue.write_buffer`.
+//! (crate::store) through a mapped staging buffer and buffer-to-buffer copies, never `queue.write_buffer`; or, on
+//! adapters that share the host's memory (`Gpu::zero_copy`), read straight into the mapped slots (no copy, but a
+//! wait for the GPU before each layer's misses, as the seed's serial mode on unified memory).
 //!
 //! Per MoE block: the router's choices are read back (one CPU↔GPU round trip per layer), each chosen expert is
 //! looked up in the slots, the misses are fetched (host cache or one pread each), written into the staging buffer
@@ -30,7 +32,8 @@ pub struct ExpertSlots {
     pub stride: u64,
     pools: Vec<SlotPool>,
     /// Two, used in turn: a prefill reads the next batch of records into one while the GPU copies from the other.
-    staging: [Staging; 2],
+    /// None: zero-copy, records are read into the slots themselves.
+    staging: Option<[Staging; 2]>,
     next_staging: std::cell::Cell<usize>,
     /// Per layer, the slot of each (token, j) pair for the expert kernels: kept, so a decode step allocates
     /// nothing and finds its bind groups cached.
@@ -76,13 +79,15 @@ impl ExpertSlots {
         );
         // The cache policy of the slots; "os" (no host cache) still needs one here: LRU.
         let slot_policy = if policy == CachePolicy::Lfu { CachePolicy::Lfu } else { CachePolicy::Lru };
+        let zero_copy = gpu.zero_copy.get();
         let pools = (0..pools_needed)
             .map(|p| {
                 let reserved = if shared { (p..layers).step_by(pools_needed).count() } else { 0 };
+                let mappable = if zero_copy { wgpu::BufferUsages::MAP_WRITE } else { wgpu::BufferUsages::empty() };
                 let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("expert slots"),
                     size: (reserved + routed_per_pool) as u64 * stride,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | mappable,
                     mapped_at_creation: false,
                 });
                 SlotPool {
@@ -108,7 +113,7 @@ impl ExpertSlots {
             store,
             stride,
             pools,
-            staging: [staging(), staging()],
+            staging: (!zero_copy).then(|| [staging(), staging()]),
             next_staging: Default::default(),
             slot_ids: Default::default(),
         })
@@ -213,7 +218,8 @@ impl Gpu {
         // In the order they are stored, as many as the staging buffer holds at a time: the store reads runs of
         // neighbours at once, and the GPU copies one batch while the next is read.
         misses.sort_unstable();
-        let mut batches = misses.chunks(slots.staging[0].records).peekable();
+        let batch = slots.staging.as_ref().map_or(misses.len().max(1), |s| s[0].records);
+        let mut batches = misses.chunks(batch).peekable();
         while let Some(batch) = batches.next() {
             self.upload_records(slots, pool, layer, batch)?;
             if batches.peek().is_some() {
@@ -231,9 +237,10 @@ impl Gpu {
     /// Fetches `misses` (expert, cache slot) from the store and copies them into their slots via staging: each
     /// record is written into the mapped staging buffer by the thread that read it, in parallel.
     fn upload_records(&self, slots: &ExpertSlots, pool: &SlotPool, layer: usize, misses: &[(usize, usize)]) -> Result<()> {
+        let Some(staging) = &slots.staging else { return self.place_records(slots, pool, layer, misses) };
         let turn = slots.next_staging.get();
         slots.next_staging.set(1 - turn);
-        let staging = &slots.staging[turn];
+        let staging = &staging[turn];
         if !staging.mapped.load(Acquire) {
             // Usually its copies ran long ago (while the other buffer was filled): collect the mapping.
             let _ = self.device.poll(wgpu::PollType::Poll);
@@ -265,6 +272,39 @@ impl Gpu {
             self.copy(&staging.buffer, (i * stride) as u64, &pool.buf, dst, bytes as u64);
         }
         self.remap_after_submit(&staging.buffer, &staging.mapped);
+        Ok(())
+    }
+
+    /// Zero-copy [`Gpu::upload_records`]: once the GPU has run everything that reads the slots' buffer, maps it
+    /// and has each record written into its slot by the thread that read it.
+    fn place_records(&self, slots: &ExpertSlots, pool: &SlotPool, layer: usize, misses: &[(usize, usize)]) -> Result<()> {
+        // Everything recorded or written through the queue so far, submitted (a mapping waits for it to run).
+        self.flush();
+        self.queue.submit([]);
+        let buffer = &pool.buf.buffer;
+        let mapped = Arc::new(AtomicBool::new(false));
+        let done = mapped.clone();
+        buffer.slice(..).map_async(wgpu::MapMode::Write, move |r| done.store(r.is_ok(), Release));
+        self.wait_for_device()?;
+        ensure!(mapped.load(Acquire), "the expert slots did not map");
+        let (stride, bytes) = (slots.stride as usize, slots.store.record_bytes);
+        let experts: Vec<usize> = misses.iter().map(|&(e, _)| e).collect();
+        let result = {
+            let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| anyhow!("expert slots: {e}"))?;
+            let mut whole = view.slice(..);
+            let base = MappedPtr(whole.as_raw_element_ptr().as_ptr());
+            let size = buffer.size() as usize;
+            let offsets: Vec<usize> = misses.iter().map(|&(_, slot)| (pool.reserved + slot) * stride).collect();
+            slots.store.fetch(layer, &experts, |i, record| {
+                let at = offsets[i];
+                assert!(record.len() == bytes && at + bytes <= size);
+                // SAFETY: the slot at offsets[i] of the mapped slots, written by this call only (each once: the
+                // misses are distinct slots); the mapping outlives the fetch. Written, never read.
+                unsafe { std::ptr::copy_nonoverlapping(record.as_ptr(), base.at(at), bytes) };
+            })
+        };
+        buffer.unmap();
+        slots.store.recycle(result?);
         Ok(())
     }
 }
