@@ -190,24 +190,36 @@ fn io_errors_short_reads_and_changed_files_stop_the_generation_with_a_clear_erro
     let options = StreamOptions { ram_bytes: 0, gpu_bytes: 0, policy: CachePolicy::Os, prefetch: Prefetch::Off };
     let tokens = [1, 2, 3];
 
-    // EIO on layer 1.
-    let sources: Vec<Box<dyn RecordSource>> = floe_model
-        .manifest
-        .experts
-        .files
-        .iter()
-        .enumerate()
-        .map(|(layer, f)| -> Box<dyn RecordSource> {
-            let file = std::fs::File::open(dir.join(f)).unwrap();
-            let good = if layer == 1 { 0 } else { usize::MAX };
-            Box::new(Failing { file, good: good.into() })
-        })
-        .collect();
-    let store = Arc::new(ExpertStore::with_sources(&floe_model, 2, sources, &options).unwrap());
-    let weights = floe_model.streamed_weights(store.clone()).unwrap();
-    let model = Model { config: floe_model.manifest.config.clone(), weights, backend: floe::cpu::Cpu, store: Some(store) };
-    let err = format!("{:#}", forward(&model, &tokens).unwrap_err());
+    // EIO on layer 1: on the CPU, and on the GPU through staging and straight into the slots (zero-copy).
+    let failing = || {
+        let sources: Vec<Box<dyn RecordSource>> = floe_model
+            .manifest
+            .experts
+            .files
+            .iter()
+            .enumerate()
+            .map(|(layer, f)| -> Box<dyn RecordSource> {
+                let file = std::fs::File::open(dir.join(f)).unwrap();
+                let good = if layer == 1 { 0 } else { usize::MAX };
+                Box::new(Failing { file, good: good.into() })
+            })
+            .collect();
+        let store = Arc::new(ExpertStore::with_sources(&floe_model, 2, sources, &options).unwrap());
+        let weights = floe_model.streamed_weights(store.clone()).unwrap();
+        Model { config: floe_model.manifest.config.clone(), weights, backend: floe::cpu::Cpu, store: Some(store) }
+    };
+    let err = format!("{:#}", forward(&failing(), &tokens).unwrap_err());
     assert!(err.contains("layer 1") && err.contains("Input/output error"), "{err}");
+    for zero_copy in [false, true] {
+        let Some(gpu) = gpu() else { break };
+        if gpu.set_zero_copy(zero_copy) != zero_copy {
+            continue;
+        }
+        gpu.set_expert_memory(1 << 20, CachePolicy::Lru);
+        let model = failing().to_backend(gpu).unwrap();
+        let err = format!("{:#}", model.forward(&tokens, &mut model.new_state().unwrap(), Logits::Last).unwrap_err());
+        assert!(err.contains("layer 1") && err.contains("Input/output error"), "zero-copy {zero_copy}: {err}");
+    }
 
     // An expert file changed under the engine, then truncated.
     let model = streamed(&dir, 0, 0, CachePolicy::Os, false);

@@ -289,7 +289,8 @@ impl Gpu {
         ensure!(mapped.load(Acquire), "the expert slots did not map");
         let (stride, bytes) = (slots.stride as usize, slots.store.record_bytes);
         let experts: Vec<usize> = misses.iter().map(|&(e, _)| e).collect();
-        let result = {
+        // Unmapped below whatever happens, so that a failed read leaves the slots usable (and the error clear).
+        let result = (|| {
             let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| anyhow!("expert slots: {e}"))?;
             let mut whole = view.slice(..);
             let base = MappedPtr(whole.as_raw_element_ptr().as_ptr());
@@ -302,7 +303,7 @@ impl Gpu {
                 // misses are distinct slots); the mapping outlives the fetch. Written, never read.
                 unsafe { std::ptr::copy_nonoverlapping(record.as_ptr(), base.at(at), bytes) };
             })
-        };
+        })();
         buffer.unmap();
         slots.store.recycle(result?);
         Ok(())
