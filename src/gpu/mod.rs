@@ -62,8 +62,8 @@ pub struct Gpu {
     /// Whether the matrix kernels reduce with subgroup operations (`…_sg` variants): where the adapter has them.
     subgroups: Cell<bool>,
     /// Whether prefill matmuls and expert kernels run on tensor cores (`…_nt64c`, `…_coop`): where the adapter has
-    /// them and the environment sets FLOE_TENSOR_CORES=1 (not yet the default: not yet measured on a GPU that has
-    /// them, see docs/PERF.md).
+    /// them and the environment sets FLOE_TENSOR_CORES=1 (not the default: slower than the FP32 kernels on an
+    /// H100, docs/PERF.md, "Tensor cores").
     tensor_cores: Cell<bool>,
     /// Whether streamed experts are read straight into their GPU slots (mappable slot buffers) instead of through a
     /// staging buffer and copies: on adapters that share the host's memory (integrated GPUs, Apple Silicon,
