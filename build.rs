@@ -34,37 +34,39 @@ fn variants() -> Vec<(String, &'static str, Value)> {
     let mut v = Vec::new();
     for fmt in formats() {
         let f = fmt.get_attr("name").unwrap().to_string();
+        let affine = fmt.get_attr("kind").unwrap().as_str() == Some("affine");
+        let in_tiles = affine && [2, 4, 8].contains(&fmt.get_attr("bits").unwrap().as_usize().unwrap());
         // Each matrix kernel also as `…_sg`: its lanes reduced with subgroup shuffles (for adapters that have them).
         for subgroups in [false, true] {
             let sg = if subgroups { "_sg" } else { "" };
             // Tokens per pass: 1 (decode; `w`: the wide layout for matrices with few rows; `l`: quantized rows longer
             // than 2,048 columns, x staged 4,096 columns at a time), 8 or 64; each also as a split.
-            // 64: tiles of 64 tokens, for 2, 4 and 8 bits, whose values never straddle words (no `_sg` variant: it
-            // reduces nothing).
-            let affine = fmt.get_attr("kind").unwrap().as_str() == Some("affine");
-            let in_tiles = affine && [2, 4, 8].contains(&fmt.get_attr("bits").unwrap().as_usize().unwrap());
-            // `c`: the tiles on cooperative matrices (tensor cores), for adapters that have them.
-            for (nt, layout, split) in [(1, "", false), (1, "w", false), (1, "l", false), (1, "", true), (1, "l", true), (8, "", false), (8, "", true), (64, "", false), (64, "", true), (64, "c", false), (64, "c", true)] {
+            // 64: tiles of 64 tokens, for 2, 4 and 8 bits (`in_tiles`), whose values never straddle words (no `_sg`
+            // variant: it reduces nothing).
+            for (nt, layout, split) in [(1, "", false), (1, "w", false), (1, "l", false), (1, "", true), (1, "l", true), (8, "", false), (8, "", true), (64, "", false), (64, "", true)] {
                 if (nt == 64 && (!in_tiles || subgroups)) || (layout == "l" && !affine) {
                     continue;
                 }
                 let name = format!("matmul_{f}_nt{nt}{layout}{}{sg}", if split { "_split" } else { "" });
-                let (wide, long, coop) = (layout == "w", layout == "l", layout == "c");
-                v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide, long, coop }));
+                let (wide, long) = (layout == "w", layout == "l");
+                v.push((name, "matmul.wgsl", context! { fmt => fmt.clone(), nt, subgroups, split, wide, long }));
             }
             // The expert kernels per pair (decode) and, for prefills, `_rows`: 16 pairs of one expert per pass, a
             // thread per row (as the tiles, for 2, 4 and 8 bits, without an `_sg` variant), and `_grouped`: 8 pairs
             // of one expert per pass (where gate_up's or down's format has no `_rows`).
-            // `_coop`: the same on tensor cores, for adapters that have them.
-            for (grouped, rows, coop) in [(false, false, false), (true, false, false), (true, true, false), (true, true, true)] {
+            for (grouped, rows) in [(false, false), (true, false), (true, true)] {
                 if rows && (!in_tiles || subgroups) {
                     continue;
                 }
-                let g = if coop { "_coop" } else if rows { "_rows" } else if grouped { "_grouped" } else { "" };
-                let context = context! { fmt => fmt.clone(), subgroups, grouped, rows, coop };
+                let g = if rows { "_rows" } else if grouped { "_grouped" } else { "" };
+                let context = context! { fmt => fmt.clone(), subgroups, grouped, rows };
                 v.push((format!("expert_gate_up_{f}{g}{sg}"), "expert_gate_up.wgsl", context.clone()));
                 v.push((format!("expert_down_{f}{g}{sg}"), "expert_down.wgsl", context));
             }
+        }
+        // The weights of a prefill matmul on tensor cores in f16 (`gemm_f16`), for the formats that have tiles.
+        if in_tiles {
+            v.push((format!("matmul_{f}_dequant"), "dequant.wgsl", context! { fmt => fmt.clone() }));
         }
         v.push((format!("embed_{f}"), "embed.wgsl", context! { fmt }));
     }
@@ -89,6 +91,10 @@ fn variants() -> Vec<(String, &'static str, Value)> {
     }
     for subgroups in [false, true] {
         v.push((format!("router{}", if subgroups { "_sg" } else { "" }), "router.wgsl", context! { subgroups }));
+    }
+    v.push(("x_f16".to_string(), "dequant.wgsl", context! {}));
+    for split in [false, true] {
+        v.push((format!("gemm_f16{}", if split { "_split" } else { "" }), "gemm_f16.wgsl", context! { split }));
     }
     for plain in ["attention_heads", "attention", "attention_combine", "conv1d", "delta_qk_norm", "delta_rule", "delta_step", "group_pairs"] {
         v.push((plain.to_string(), Box::leak(format!("{plain}.wgsl").into_boxed_str()), context! {}));

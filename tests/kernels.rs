@@ -500,28 +500,6 @@ fn moe_routing_experts_and_combine() {
     }
 }
 
-/// The prefill expert kernels on tensor cores, where the adapter has them: 16 pairs of an expert per chunk (the
-/// last ones cut short), 64 rows of gate and up or 128 of down per workgroup (rows not multiples of those).
-#[test]
-fn prefill_experts_on_tensor_cores() {
-    let Some(mut b) = bench() else { return };
-    if !b.gpu.set_tensor_cores(true) {
-        eprintln!("this adapter has no tensor cores that floe's kernels take: nothing to check");
-        return;
-    }
-    for (format, experts, k, t, h, inter) in
-        [("q4g64bf16", 16, 8, 37, 128, 64), ("q4g64bf16", 5, 2, 190, 576, 320), ("q2g128f32", 3, 1, 200, 128, 128), ("q8g32f16", 6, 3, 70, 96, 96)]
-    {
-        let host = b.experts(format, experts, h, inter);
-        let device = Transfer::<Gpu>::experts(&mut &b.gpu, 0, &host).unwrap();
-        let (x, gx) = b.random(t * h, 1.0);
-        let (logits, glogits) = b.random(t * experts, 3.0);
-        let out = Cpu.experts(&x, &Cpu.route(&logits, &host, k, true), &host, None).unwrap();
-        let gout = b.gpu.experts(&gx, &b.gpu.route(&glogits, &device, k, true), &device, None).unwrap();
-        b.check(&format!("MoE {format} E={experts} k={k} t={t} h={h} i={inter} on tensor cores"), &out, &gout, TENSOR_CORES);
-    }
-}
-
 /// The whole MoE block of the forward pass, shared expert included: the GPU keeps the shared expert as one more
 /// routed expert (its gate as one more router row) where its shape agrees with the routed ones, and apart where not.
 #[test]

@@ -1,8 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, grouped_chunk, rows_declarations, rows_passes, coop_declarations, coop_matmul %}
-{% if coop %}
-enable f16;
-enable wgpu_cooperative_matrix;
-{% endif %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, grouped_chunk, rows_declarations, rows_passes %}
 // The second half of every routed expert of a layer in one dispatch: out[pair, r] = down_e[r] · act[pair] for
 // each (token, slot k) pair, e = ids[pair]; down is of format {{ fmt.name }}. Each thread sums 4 rows, which
 // share its x loads; 16 lanes per row group, as the intermediate size (its columns) is small: 512 columns are 16
@@ -10,10 +6,6 @@ enable wgpu_cooperative_matrix;
 {% if rows %}
 // Rows (prefills): each workgroup runs one chunk of up to 16 pairs of one expert (group_pairs.wgsl), each
 // thread 2 rows, 256 apart, over all of them (rows_passes in matvec.wgsl). Grid: (ceil(rows / 512), chunks).
-{% if coop %}
-// On tensor cores (coop_matmul in matvec.wgsl): each workgroup runs 128 rows over a chunk. Grid: (ceil(rows /
-// 128), chunks).
-{% endif %}
 {% elif grouped %}
 // Grouped (prefill, where gate_up's or down's format has no rows kernel): each workgroup runs one chunk of up to 8
 // pairs of one expert (group_pairs.wgsl); each thread unpacks 2 rows once for 8 tokens. Grid: (ceil(rows / (GROUPS ·
@@ -44,41 +36,7 @@ var<workgroup> chunk_shared: vec2<u32>;
 {% include "weights.wgsl" %}
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
-{% if coop %}
-{{ coop_declarations(fmt, 128, 16) }}
-var<private> chunk_p: vec2<u32>;
-var<private> down_p: Mat;
-var<private> row0_p: u32;
-
-// Where tile row r's weight words, scales and biases start.
-fn tile_row(r: u32) -> vec3<u32> {
-    let row = min(row0_p + r, p.rows - 1u);
-    let groups = row * (p.cols / GROUP);
-    return vec3<u32>(down_p.w + row * (p.cols / 32u * BITS), down_p.s + groups, down_p.b + groups);
-}
-
-// Chunk token t is the chunk's pair t (the last one past its count), whose input is its own row of x.
-fn tile_x(t: u32) -> u32 {
-    return order[chunk_p.x + min(t, chunk_p.y - 1u)] * p.cols / 4u;
-}
-
-@compute @workgroup_size(128)
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32) {
-{{ grouped_chunk(0, "lid == 0u") }}
-    chunk_p = chunk;
-    let record = ids[order[chunk.x]] * p.stride;
-    down_p = Mat((record + p.down_w) / WB, (record + p.down_s) / SB, (record + p.down_b) / SB, p.cols);
-    row0_p = wid.x * 128u;
-{{ coop_matmul(fmt, 128, 16, 1, 2) }}
-    for (var i = lid; i < 16u * 128u; i += 128u) {
-        let t = i / 128u;
-        let row = row0_p + i % 128u;
-        if (t < chunk.y && row < p.rows) {
-            y[order[chunk.x + t] * p.rows + row] = cs[i];
-        }
-    }
-}
-{% elif rows %}
+{% if rows %}
 {{ rows_declarations() }}
 
 // Chunk token t is the chunk's pair t (the last one past its count), whose input is its own row of x.

@@ -1,8 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, grouped_chunk, rows_declarations, rows_passes, coop_declarations, coop_matmul %}
-{% if coop %}
-enable f16;
-enable wgpu_cooperative_matrix;
-{% endif %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, grouped_chunk, rows_declarations, rows_passes %}
 // The first half of every routed expert of a layer in one dispatch: for each (token, slot k) pair, the expert id
 // comes from `ids` (written by the router on the GPU: no CPU round trip) and
 //   act[pair, r] = silu(gate_e[r] · x[token]) · (up_e[r] · x[token]).
@@ -12,10 +8,6 @@ enable wgpu_cooperative_matrix;
 // Rows (prefills): each workgroup runs one chunk of up to 16 pairs of one expert (group_pairs.wgsl), each
 // thread a row of gate and the same row of up over all of them (rows_passes in matvec.wgsl), so it applies the
 // SwiGLU itself. Grid: (ceil(rows / 256), chunks).
-{% if coop %}
-// On tensor cores (coop_matmul in matvec.wgsl): each workgroup runs 64 rows of gate and the same 64 of up over a
-// chunk. Grid: (ceil(rows / 64), chunks).
-{% endif %}
 {% elif grouped %}
 // Grouped (prefill, where gate_up's or down's format has no rows kernel): each workgroup runs one chunk of up to 8
 // pairs of one expert (group_pairs.wgsl), so each thread unpacks a row of gate and of up once for 8 tokens. Grid:
@@ -51,27 +43,7 @@ var<workgroup> chunk_shared: vec2<u32>;
 {% include "weights.wgsl" %}
 const WB: u32 = {{ fmt.wbytes }}u;
 const SB: u32 = {{ fmt.sbytes }}u;
-{% if coop %}
-{{ coop_declarations(fmt, 128, 16) }}
-var<private> chunk_p: vec2<u32>;
-var<private> gate_p: Mat;
-var<private> up_p: Mat;
-var<private> row0_p: u32;
-
-// Where tile row r's weight words, scales and biases start: gate's rows, then up's.
-fn tile_row(r: u32) -> vec3<u32> {
-    let gate = r < 64u;
-    let row = min(row0_p + r % 64u, p.rows - 1u);
-    let groups = row * (p.cols / GROUP);
-    let first = vec3<u32>(select(up_p.w, gate_p.w, gate), select(up_p.s, gate_p.s, gate), select(up_p.b, gate_p.b, gate));
-    return first + vec3<u32>(row * (p.cols / 32u * BITS), groups, groups);
-}
-
-// Chunk token t is the chunk's pair t (the last one past its count): x's row of that pair's token.
-fn tile_x(t: u32) -> u32 {
-    return order[chunk_p.x + min(t, chunk_p.y - 1u)] / p.k * p.cols / 4u;
-}
-{% elif rows %}
+{% if rows %}
 {{ rows_declarations() }}
 
 // Chunk token t is the chunk's pair t (the last one past its count): x's row of that pair's token.
@@ -92,27 +64,7 @@ fn store_rows(i: u32, ra: u32, rb: u32, g: f32, u: f32) {
 {% if tiled %}{{ x_tile(64) }}{% endif %}
 {% endif %}
 
-{% if coop %}
-@compute @workgroup_size(128)
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32) {
-{{ grouped_chunk(0, "lid == 0u") }}
-    chunk_p = chunk;
-    let record = ids[order[chunk.x]] * p.stride;
-    gate_p = Mat((record + p.gate_w) / WB, (record + p.gate_s) / SB, (record + p.gate_b) / SB, p.cols);
-    up_p = Mat((record + p.up_w) / WB, (record + p.up_s) / SB, (record + p.up_b) / SB, p.cols);
-    row0_p = wid.x * 64u;
-{{ coop_matmul(fmt, 128, 16, 1, 2) }}
-    for (var i = lid; i < 16u * 64u; i += 128u) {
-        let t = i / 64u;
-        let row = row0_p + i % 64u;
-        if (t < chunk.y && row < p.rows) {
-            let g = cs[t * 128u + i % 64u];
-            let u = cs[t * 128u + 64u + i % 64u];
-            act[order[chunk.x + t] * p.rows + row] = g / (1.0 + exp(-g)) * u;
-        }
-    }
-}
-{% elif rows %}
+{% if rows %}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
 {{ grouped_chunk(0, "lid == 0u") }}

@@ -1,8 +1,4 @@
-{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, tile_declarations, tile_matmul, coop_declarations, coop_matmul %}
-{% if coop %}
-enable f16;
-enable wgpu_cooperative_matrix;
-{% endif %}
+{% from "matvec.wgsl" import declarations, accumulate, accumulators, reduce, for_units, x_tile, tiled_units, subgroup_param, tile_declarations, tile_matmul, out_params, out_bindings, store_out %}
 {# Decode: 4 rows per thread share each x load, 32 lanes per row group (32 rows per workgroup for affine formats,
    which read x from a tile in workgroup memory: the tile's fill is shared by more rows, and 16 per workgroup
    measured slower, 64 slower on 4,096 rows; 16 for dense ones); `wide` (decode of
@@ -37,56 +33,21 @@ struct Params {
     w: u32,
     s: u32,
     b: u32,
-{% if split %}
-    r1: u32,
-    r2: u32,
-    r3: u32,
-{% else %}
-    // The output's row count and this matrix's first row in it (a matrix split over bindings runs in pieces).
-    out_rows: u32,
-    row0: u32,
-{% endif %}
+{{ out_params(split) }}
 }
 var<immediate> p: Params;
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<{{ "vec4<f32>" if fmt.kind == "affine" else "f32" }}>;
-{% if split %}
-{% for o in range(4) %}
-@group(0) @binding({{ 2 + o }}) var<storage, read_write> y{{ o }}: array<f32>;
-{% endfor %}
-{% else %}
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-{% endif %}
+{{ out_bindings(split) }}
 
 {% include "weights.wgsl" %}
 
-{# Writes value `v` of (row, tok) to its output. #}
-{% macro store(row, tok, v) %}
-{% if split %}
-            if ({{ row }} < p.r1) {
-                y0[{{ tok }} * p.r1 + {{ row }}] = {{ v }};
-            } else if ({{ row }} < p.r2) {
-                y1[{{ tok }} * (p.r2 - p.r1) + {{ row }} - p.r1] = {{ v }};
-            } else if ({{ row }} < p.r3) {
-                y2[{{ tok }} * (p.r3 - p.r2) + {{ row }} - p.r2] = {{ v }};
-            } else {
-                y3[{{ tok }} * (p.rows - p.r3) + {{ row }} - p.r3] = {{ v }};
-            }
-{% else %}
-            y[{{ tok }} * p.out_rows + p.row0 + {{ row }}] = {{ v }};
-{% endif %}
-{% endmacro %}
-
 {% if nt == 64 %}
 {#- Tiled (prefills whose matmul makes enough tiles to fill the GPU, see ops.rs; 2/4/8-bit affine formats):
-    tile_matmul (matvec.wgsl) computes 64 rows × 64 tokens per workgroup; coop_matmul the same on cooperative
-    matrices, where the adapter has them. -#}
-{% if coop %}
-{{ coop_declarations(fmt, 64, 64) }}
-{% else %}
+    tile_matmul (matvec.wgsl) computes 64 rows × 64 tokens per workgroup (on tensor cores, where the adapter has
+    them, prefills run gemm_f16.wgsl instead). -#}
 {{ tile_declarations(fmt) }}
-{% endif %}
 var<private> tile_row0: u32;
 var<private> tile_tok0: u32;
 
@@ -102,21 +63,6 @@ fn tile_x(t: u32) -> u32 {
     return min(tile_tok0 + t, p.t - 1u) * p.cols / 4u;
 }
 
-{% if coop %}
-@compute @workgroup_size(128)
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32) {
-    tile_row0 = wid.x * 64u;
-    tile_tok0 = wid.y * 64u;
-{{ coop_matmul(fmt, 64, 64, 2, 2) }}
-    for (var i = lid; i < 4096u; i += 128u) {
-        let row = tile_row0 + i % 64u;
-        let tok = tile_tok0 + i / 64u;
-        if (row < p.rows && tok < p.t) {
-{{ store("row", "tok", "cs[i]") }}
-        }
-    }
-}
-{% else %}
 @compute @workgroup_size(8, 8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     tile_row0 = wid.x * 64u;
@@ -128,13 +74,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         let row = tile_row0 + lid.y * 8u + {{ i }}u;
         let tok = tile_tok0 + lid.x * 8u + {{ j }}u;
         if (row < p.rows && tok < p.t) {
-{{ store("row", "tok", "acc" ~ i ~ "_" ~ j) }}
+{{ store_out(split, "row", "tok", "acc" ~ i ~ "_" ~ j) }}
         }
     }
 {% endfor %}
 {% endfor %}
 }
-{% endif %}
 {% else %}
 {{ declarations(rows * nt, lanes, groups) }}
 {% if tiled %}{{ x_tile(128 if long else 64) }}{% endif %}
@@ -162,7 +107,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         let row = row0 + lid.x / {{ nt }}u;
         let tok = tok0 + lid.x % {{ nt }}u;
         if (row < p.rows && tok < p.t) {
-{{ store("row", "tok", "partial[(lid.y * SLOTS + lid.x) * LANES]") }}
+{{ store_out(split, "row", "tok", "partial[(lid.y * SLOTS + lid.x) * LANES]") }}
         }
     }
 }

@@ -411,124 +411,6 @@ var<workgroup> xs: array<vec4<f32>, 512>;
     }
 {% endmacro %}
 
-{# Tiles on cooperative matrices (tensor cores; prefills, 2/4/8-bit affine formats, adapters with 16×16×16 f16 × f16
-   + f32 matrices and subgroups of 32): a workgroup of 128 threads (4 subgroups) computes a tile of R rows × T
-   tokens from the includer's `tile_row(r)` and `tile_x(t)` (as for tile_matmul; r < R, t < T). Per unit of 32
-   columns it dequantizes the R rows' weights and converts the T tokens' x to f16 in workgroup memory, then each
-   subgroup multiplies its ft × fr fragments of 16 tokens × 16 rows (ft · 16 tokens by fr · 16 rows of the tile)
-   with f32 sums. The products' inputs are f16, as on tensor cores in every engine (x rounded to f16: about 1e-3
-   relative, as bf16 activations in the reference); the sums and what the kernel writes are f32. At the end, cs[t ·
-   R + r] is the sum of tile token t and tile row r for every thread. Used for the dense matmuls (64 × 64, 2 × 2
-   fragments per subgroup) and the expert kernels (128 rows × the 16 pairs of a chunk, 1 × 2). The includer's main
-   takes `@builtin(local_invocation_index) lid: u32` and `@builtin(subgroup_id) sg: u32`. #}
-{% macro coop_declarations(fmt, R, T) %}
-const VALS: u32 = {{ 32 // fmt.bits }}u;
-// The unit's columns k: ws[r · LD + k] = weight of tile row r, xs[t · LD + k] = x of tile token t. LD = 40 halves
-// (80 bytes, a multiple of the 16 a cooperative load needs): the 8 rows of 16 bytes a load reads at once fall on
-// distinct banks, where 64 bytes apart every other one would share them.
-const LD: u32 = 40u;
-var<workgroup> ws: array<f16, {{ R * 40 }}>;
-var<workgroup> xs: array<f16, {{ T * 40 }}>;
-var<workgroup> cs: array<f32, {{ R * T }}>;
-{% endmacro %}
-
-{% macro coop_matmul(fmt, R, T, ft, fr) %}
-    let id = lid;
-{% set wl = R * fmt.bits // 128 %}
-{% set xl = T * 8 // 128 %}
-    // This thread's share of a unit, loaded a unit ahead (in flight while the products of the unit before run):
-    // weight words `wi{n} / R` of tile rows `wi{n} % R` with their group's scale and bias, and x vec4s `id % 8` of
-    // tile tokens `id / 8 + 16·n`.
-{% for n in range(wl) %}
-    let wi{{ n }} = id + {{ n * 128 }}u;
-    let wrow{{ n }} = tile_row(wi{{ n }} % {{ R }}u);
-    var wv{{ n }} = 0u;
-    var wsc{{ n }} = 0.0;
-    var wbi{{ n }} = 0.0;
-{% endfor %}
-{% for n in range(xl) %}
-    let xrow{{ n }} = tile_x(id / 8u + {{ 16 * n }}u);
-    var xv{{ n }} = vec4<f32>();
-{% endfor %}
-{{ coop_load_unit(fmt, wl, xl, R, "0u") }}
-    // This subgroup's fragments: tile tokens tq .. tq + {{ 16 * ft }} by tile rows rq .. rq + {{ 16 * fr }}.
-{% set across = R // (16 * fr) %}
-    let tq = (sg / {{ across }}u) * {{ 16 * ft }}u;
-    let rq = (sg % {{ across }}u) * {{ 16 * fr }}u;
-{% for i in range(ft) %}
-{% for j in range(fr) %}
-    var c{{ i }}{{ j }} = coop_mat16x16<f32, C>();
-{% endfor %}
-{% endfor %}
-    let units = p.cols / 32u;
-    for (var u = 0u; u < units; u++) {
-        workgroupBarrier();
-{% for n in range(wl) %}
-        {
-            let o = (wi{{ n }} % {{ R }}u) * LD + (wi{{ n }} / {{ R }}u) * VALS;
-            for (var j = 0u; j < VALS; j++) {
-                ws[o + j] = f16(wsc{{ n }} * f32((wv{{ n }} >> (j * BITS)) & MASK) + wbi{{ n }});
-            }
-        }
-{% endfor %}
-{% for n in range(xl) %}
-        {
-            let o = (id / 8u + {{ 16 * n }}u) * LD + (id % 8u) * 4u;
-            xs[o] = f16(xv{{ n }}.x);
-            xs[o + 1u] = f16(xv{{ n }}.y);
-            xs[o + 2u] = f16(xv{{ n }}.z);
-            xs[o + 3u] = f16(xv{{ n }}.w);
-        }
-{% endfor %}
-        workgroupBarrier();
-{{ coop_load_unit(fmt, wl, xl, R, "min(u + 1u, units - 1u)") }}
-{% for k in [0, 16] %}
-        {
-            // Every index and stride a value of its own (naga's SPIR-V for cooperative loads).
-            let ld = LD;
-{% for i in range(ft) %}
-            let ia{{ i }} = (tq + {{ 16 * i }}u) * LD + {{ k }}u;
-            let a{{ i }} = coopLoadT<coop_mat16x16<f16, A>>(&xs[ia{{ i }}], ld);
-{% endfor %}
-{% for j in range(fr) %}
-            let ib{{ j }} = (rq + {{ 16 * j }}u) * LD + {{ k }}u;
-            let b{{ j }} = coopLoad<coop_mat16x16<f16, B>>(&ws[ib{{ j }}], ld);
-{% endfor %}
-{% for i in range(ft) %}
-{% for j in range(fr) %}
-            c{{ i }}{{ j }} = coopMultiplyAdd(a{{ i }}, b{{ j }}, c{{ i }}{{ j }});
-{% endfor %}
-{% endfor %}
-        }
-{% endfor %}
-    }
-    {
-        let ld = {{ R }}u;
-{% for i in range(ft) %}
-{% for j in range(fr) %}
-        let o{{ i }}{{ j }} = (tq + {{ 16 * i }}u) * {{ R }}u + rq + {{ 16 * j }}u;
-        coopStoreT(c{{ i }}{{ j }}, &cs[o{{ i }}{{ j }}], ld);
-{% endfor %}
-{% endfor %}
-    }
-    workgroupBarrier();
-{% endmacro %}
-
-{# Issues the loads of unit `u` (coop_matmul). #}
-{% macro coop_load_unit(fmt, wl, xl, R, u) %}
-{% for n in range(wl) %}
-        {
-            let g = ({{ u }}) * 32u / GROUP;
-            wv{{ n }} = w[wrow{{ n }}.x + ({{ u }}) * BITS + wi{{ n }} / {{ R }}u];
-            wsc{{ n }} = {{ fmt.sdtype }}_at(wrow{{ n }}.y + g);
-            wbi{{ n }} = {{ fmt.sdtype }}_at(wrow{{ n }}.z + g);
-        }
-{% endfor %}
-{% for n in range(xl) %}
-        xv{{ n }} = x[xrow{{ n }} + ({{ u }}) * 8u + id % 8u];
-{% endfor %}
-{% endmacro %}
-
 {# Rows (the expert kernels in prefills, 2/4/8-bit affine formats): each workgroup of 256 threads runs a chunk of up
    to 16 pairs of one expert (group_pairs.wgsl), each thread two rows over all of them: a weight is loaded and
    dequantized once (w = q·s + b) and then used for every token, with no sums across threads. The tokens' x goes
@@ -678,4 +560,47 @@ var<workgroup> xs: array<vec4<f32>, {{ 16 * 8 * 8 }}>;
 {{ rows_pass(fmt, nt) }}
 {% endfor %}
     }
+{% endmacro %}
+
+{# The outputs of a matmul (matmul.wgsl, gemm_f16.wgsl), y[t, rows] at bindings 2 ..: one, or with `split` four,
+   W's rows being several matrices' rows back to back (one upload) and each one's rows going to its own output, y0
+   [t, r1], y1 [t, r2 − r1], y2 [t, r3 − r2], y3 [t, rows − r3]: one dispatch instead of one per matrix. The
+   Params fields that say where rows go (after the includer's own), the bindings, and a store of value `v` of (row,
+   tok). #}
+{% macro out_params(split) %}
+{% if split %}
+    r1: u32,
+    r2: u32,
+    r3: u32,
+{% else %}
+    // The output's row count and this matrix's first row in it (a matrix split over bindings runs in pieces).
+    out_rows: u32,
+    row0: u32,
+{% endif %}
+{% endmacro %}
+
+{% macro out_bindings(split) %}
+{% if split %}
+{% for o in range(4) %}
+@group(0) @binding({{ 2 + o }}) var<storage, read_write> y{{ o }}: array<f32>;
+{% endfor %}
+{% else %}
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+{% endif %}
+{% endmacro %}
+
+{% macro store_out(split, row, tok, v) %}
+{% if split %}
+            if ({{ row }} < p.r1) {
+                y0[{{ tok }} * p.r1 + {{ row }}] = {{ v }};
+            } else if ({{ row }} < p.r2) {
+                y1[{{ tok }} * (p.r2 - p.r1) + {{ row }} - p.r1] = {{ v }};
+            } else if ({{ row }} < p.r3) {
+                y2[{{ tok }} * (p.r3 - p.r2) + {{ row }} - p.r2] = {{ v }};
+            } else {
+                y3[{{ tok }} * (p.rows - p.r3) + {{ row }} - p.r3] = {{ v }};
+            }
+{% else %}
+            y[{{ tok }} * p.out_rows + p.row0 + {{ row }}] = {{ v }};
+{% endif %}
 {% endmacro %}

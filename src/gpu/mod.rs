@@ -61,9 +61,9 @@ pub struct Gpu {
     profiler: RefCell<Option<Profiler>>,
     /// Whether the matrix kernels reduce with subgroup operations (`…_sg` variants): where the adapter has them.
     subgroups: Cell<bool>,
-    /// Whether prefill matmuls and expert kernels run on tensor cores (`…_nt64c`, `…_coop`): where the adapter has
-    /// them and the environment sets FLOE_TENSOR_CORES=1 (not the default: slower than the FP32 kernels on an
-    /// H100, docs/PERF.md, "Tensor cores").
+    /// Whether the prefill's dense matmuls run on tensor cores (`gemm_f16`): where the adapter has them, unless the
+    /// environment sets FLOE_TENSOR_CORES=0 (on the H100, the 512-token prefill 3,760 → 5,121 tok/s: docs/PERF.md,
+    /// "Tensor cores from f16 copies").
     tensor_cores: Cell<bool>,
     /// Whether streamed experts are read straight into their GPU slots (mappable slot buffers) instead of through a
     /// staging buffer and copies: on adapters that share the host's memory (integrated GPUs, Apple Silicon,
@@ -165,9 +165,9 @@ const TENSOR_CORE_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::SUBGROUP)
     .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
 
-/// Whether `adapter` can run the tensor-core kernels (wgsl/matvec.wgsl, coop_matmul): cooperative matrices of
-/// 16×16×16 with f16 inputs and f32 sums, and subgroups of exactly 32 (the kernels split a workgroup of 128 threads
-/// into 4 subgroups). NVIDIA's Vulkan drivers have them; Metal's simdgroup matrices are 8×8, and wgpu's DX12 has
+/// Whether `adapter` can run the tensor-core kernel (wgsl/gemm_f16.wgsl): cooperative matrices of 16×16×16 with
+/// f16 inputs and f32 sums, subgroups of exactly 32 (it splits a workgroup of 128 threads into 4 subgroups) and 47
+/// KiB of workgroup memory. NVIDIA's Vulkan drivers have them; Metal's simdgroup matrices are 8×8, and wgpu's DX12 has
 /// none.
 fn tensor_cores_of(adapter: &wgpu::Adapter) -> bool {
     let info = adapter.get_info();
@@ -176,7 +176,9 @@ fn tensor_cores_of(adapter: &wgpu::Adapter) -> bool {
             && c.ab_type == wgpu::CooperativeScalarType::F16
             && c.cr_type == wgpu::CooperativeScalarType::F32
     });
-    adapter.features().contains(TENSOR_CORE_FEATURES) && f16_to_f32 && (info.subgroup_min_size, info.subgroup_max_size) == (32, 32)
+    let subgroups_of_32 = (info.subgroup_min_size, info.subgroup_max_size) == (32, 32);
+    let memory = adapter.limits().max_compute_workgroup_storage_size >= 48 << 10;
+    adapter.features().contains(TENSOR_CORE_FEATURES) && f16_to_f32 && subgroups_of_32 && memory
 }
 
 impl Gpu {
@@ -261,7 +263,7 @@ impl Gpu {
             wait_nanos: Cell::new(0),
             profiler: RefCell::new(None),
             subgroups: Cell::new(optional.contains(wgpu::Features::SUBGROUP)),
-            tensor_cores: Cell::new(tensor_cores && std::env::var("FLOE_TENSOR_CORES").is_ok_and(|v| v == "1")),
+            tensor_cores: Cell::new(tensor_cores && !std::env::var("FLOE_TENSOR_CORES").is_ok_and(|v| v == "0")),
             zero_copy: Cell::new(zero_copy),
             staging: RefCell::new(None),
             chosen_readbacks: Rc::default(),
@@ -295,8 +297,8 @@ impl Gpu {
         self.zero_copy.get()
     }
 
-    /// Runs the prefill matmuls and expert kernels on tensor cores or not (the fallback); returns whether they are
-    /// used now (never where the adapter lacks them).
+    /// Runs the prefill's dense matmuls on tensor cores or not (the fallback); returns whether they are used now
+    /// (never where the adapter lacks them).
     pub fn set_tensor_cores(&self, on: bool) -> bool {
         self.tensor_cores.set(on && self.device.features().contains(TENSOR_CORE_FEATURES));
         self.tensor_cores.get()
@@ -452,12 +454,13 @@ impl Gpu {
     }
 
     /// Whether kernel `name` is compiled without naga's bounds checks and loop bounding: the prefill kernels that
-    /// measured faster so (expert rows, tiles, the delta rule's walk and its gated norm) on Vulkan, where wgpu turns
-    /// on robust buffer access for the device, so a storage access out of bounds stays harmless. On the H200 the
-    /// checks made the expert rows kernels 27% slower; the decode kernels ran as fast or slower without them
+    /// measured faster so (expert rows, tiles, the delta rule's walk and its gated norm, tensor-core matmuls) on
+    /// Vulkan, where wgpu turns on robust buffer access for the device, so a storage access out of bounds stays
+    /// harmless. On the H200 the checks made the expert rows kernels 27% slower; the decode kernels ran as fast or
+    /// slower without them
     /// (docs/PERF.md, "Bounds checks in prefill kernels").
     fn unchecked(&self, name: &str) -> bool {
-        const PREFILL: [&str; 4] = ["_rows", "_nt64", "delta_rule", "rms_norm_gated"];
+        const PREFILL: [&str; 7] = ["_rows", "_nt64", "delta_rule", "rms_norm_gated", "gemm_f16", "_dequant", "x_f16"];
         self.info.backend == wgpu::Backend::Vulkan && PREFILL.iter().any(|k| name.contains(k))
     }
 

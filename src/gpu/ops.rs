@@ -171,6 +171,25 @@ impl Gpu {
         matmul_layout(rows, cols, t, wide, format, self.tensor_cores.get())
     }
 
+    /// A prefill's y = x · Wᵀ on tensor cores (`gemm_f16` in [`matmul_layout`]): the `rows` rows of W (in `format`
+    /// at `offsets` of its buffer) dequantized into f16 and x rounded to f16 (wgsl/dequant.wgsl), then multiplied
+    /// by `gemm_f16`, into `outs` (four: `gemm_f16_split`) with `tail` the outputs' params.
+    fn gemm_f16(&self, x: &Act, t: usize, cols: usize, w: (&Buf, [u32; 3], usize, &str), outs: &[&Buf], tail: &[u32]) {
+        let (buf, [wo, so, bo], rows, format) = w;
+        let (rows128, t64) = (rows.next_multiple_of(128), t.next_multiple_of(64));
+        let xh = self.scratch(t64 * cols / 2);
+        let pairs = t64 * cols / 2;
+        self.dispatch("x_f16", &[&x.buf, &xh], &[pairs as u32, cols as u32, t as u32], grid_1d(pairs));
+        let wh = self.scratch(rows128 * cols / 2);
+        let dequant = self.kernel(&format!("matmul_{format}_dequant"));
+        let bits: usize = format[1..2].parse().expect("an affine format's bits");
+        self.dispatch(dequant, &[buf, &wh], &[rows as u32, cols as u32, wo, so, bo], grid_1d(rows * cols / 32 * bits));
+        let bound = [&[&wh, &xh][..], outs].concat();
+        let params = [&[rows as u32, cols as u32, t as u32][..], tail].concat();
+        let kernel = if outs.len() == 4 { "gemm_f16_split" } else { "gemm_f16" };
+        self.dispatch(kernel, &bound, &params, ((rows128 / 128) as u32, (t64 / 64) as u32, 1));
+    }
+
     /// Kernel `name`, or its subgroup variant `{name}_sg` where subgroups are on and it has one (the matrix kernels
     /// but the tiled ones, which reduce nothing; the router; the norms).
     fn sg_variant(&self, name: &str) -> &'static str {
@@ -215,10 +234,9 @@ impl Gpu {
         let (order, chunk_table, work) = (self.scratch(pairs.len()), self.scratch(2 * chunks), self.scratch(2 * records));
         let params = [n, first, records as u32, chunks as u32, size as u32];
         self.dispatch("group_pairs", &[ids, &order, &chunk_table, &work], &params, (1, 1, 1));
-        // Rows per workgroup: 8 of gate and up and 16 of down grouped; 256 and 512 in rows; 64 and 128 on tensor cores.
+        // Rows per workgroup: 8 of gate and up and 16 of down grouped; 256 and 512 in rows.
         let (suffix, gate_up_rows, down_rows) = match layout {
             ExpertLayout::Rows => ("rows", 256, 512),
-            ExpertLayout::TensorCores => ("coop", 64, 128),
             _ => ("grouped", 8, 16),
         };
         // The rows kernels also read the records as 16-byte words, through a second binding of the same buffer.
@@ -290,6 +308,11 @@ impl Backend for Gpu {
         // Each piece of a split matrix writes its rows of the output.
         for (row0, piece) in w.pieces() {
             let (layout, grid) = self.matmul_layout(piece.rows, w.cols, t, true, &w.format);
+            if layout == "gemm_f16" {
+                let tail = [total as u32, row0 as u32];
+                self.gemm_f16(x, t, w.cols, (&piece.buf, piece.offsets, piece.rows, &w.format), &[&out.buf], &tail);
+                continue;
+            }
             let kernel = self.sg_variant(&format!("matmul_{}_{layout}", w.format));
             let [wo, so, bo] = piece.offsets;
             let params = [piece.rows as u32, w.cols as u32, t as u32, wo, so, bo, total as u32, row0 as u32];
@@ -317,6 +340,10 @@ impl Backend for Gpu {
         let mut bound: Vec<&Buf> = vec![&first.buf, &x.buf];
         bound.extend(outs.iter().map(|o| &o.buf).chain(unused.iter()));
         let (layout, grid) = self.matmul_layout(rows, cols, t, false, &first.format);
+        if layout == "gemm_f16" {
+            self.gemm_f16(x, t, cols, (&first.buf, first.offsets, rows, &first.format), &bound[2..], &ends[..3]);
+            return outs;
+        }
         let kernel = self.sg_variant(&format!("matmul_{}_{layout}_split", first.format));
         let [wo, so, bo] = first.offsets;
         let params = [rows as u32, cols as u32, t as u32, wo, so, bo, ends[0], ends[1], ends[2]];
@@ -483,7 +510,7 @@ impl Backend for Gpu {
         let pairs = r.tokens * r.k;
         ensure!(pairs <= 65535, "at most 65535 (token, expert) pairs per forward call on the GPU");
         // Decided per call, not per streamed chunk, so that streamed and resident runs compute alike.
-        let layout = ExpertLayout::of(e, r.tokens, self.tensor_cores.get());
+        let layout = ExpertLayout::of(e, r.tokens);
         ensure!(
             layout == ExpertLayout::PerPair || group_chunks(e, pairs, layout.chunk_pairs()).1 <= 65535,
             "too many (token, expert) pairs per forward call on the GPU"
@@ -613,7 +640,7 @@ impl Backend for Gpu {
 /// (`nt64`, large prefills, formats that have it); see wgsl/matmul.wgsl. `wide`: whether `nt1w` may be used.
 /// Quantized decode over more than 2,048 columns stages x in one tile of 4,096 columns (`nt1l`): on the H100, 4,096²
 /// 10.4 → 8.6 µs; the tile of 2,048 stays for narrower rows, where the larger one measured 4% slower (lm_head).
-/// `tensor_cores`: the tiles run on them (`nt64c`).
+/// `tensor_cores`: the tiles' matmuls run on them instead (`gemm_f16`, see `Gpu::gemm_f16`).
 fn matmul_layout(rows: usize, cols: usize, t: usize, wide: bool, format: &str, tensor_cores: bool) -> (&'static str, (u32, u32, u32)) {
     let affine = format.starts_with('q');
     let (layout, rows_per_group, tokens_per_pass) = match t {
@@ -621,7 +648,7 @@ fn matmul_layout(rows: usize, cols: usize, t: usize, wide: bool, format: &str, t
         1 if affine && cols > 2048 => ("nt1l", 32, 1),
         1 => ("nt1", if affine { 32 } else { 16 }, 1),
         t if rows.div_ceil(64) * t.div_ceil(64) >= TILED_WORKGROUPS && kernels::find(&format!("matmul_{format}_nt64")).is_some() => {
-            (if tensor_cores { "nt64c" } else { "nt64" }, 64, 64)
+            (if tensor_cores { "gemm_f16" } else { "nt64" }, 64, 64)
         }
         _ => ("nt8", 16, 8),
     };
@@ -659,11 +686,15 @@ impl WeightsFrom for Gpu {
         // Weight kernels by their plain names (a stem and a layout, each also as a split), each built as the variant
         // sg_variant runs; every other kernel as it is. The tiles on tensor cores only where they run.
         let stems = self.weight_kernels.borrow();
-        let tiles: &[&str] = if self.tensor_cores.get() { &["_nt64", "_nt64c", "_coop"] } else { &["_nt64"] };
+        let tiles: &[&str] = if self.tensor_cores.get() { &["_nt64", "_dequant"] } else { &["_nt64"] };
         let layouts = [&["", "_grouped", "_rows", "_nt1", "_nt1l", "_nt1w", "_nt8"], tiles].concat();
         let mut names: Vec<&'static str> = Vec::new();
         for name in kernels::KERNELS.iter().map(|k| k.name) {
-            if !["matmul_", "expert_", "embed_"].iter().any(|p| name.starts_with(p)) {
+            if name.starts_with("gemm_") {
+                if self.tensor_cores.get() {
+                    names.push(name);
+                }
+            } else if !["matmul_", "expert_", "embed_"].iter().any(|p| name.starts_with(p)) {
                 names.push(name);
             } else if stems.iter().any(|stem| {
                 name.strip_prefix(stem.as_str()).is_some_and(|r| layouts.contains(&r.replacen("_split", "", 1).as_str()))
@@ -691,12 +722,10 @@ enum ExpertLayout {
     /// Grouped from 2 pairs per expert on (a 64-token prefill of 35B-A3B: 76.2 → 56.0 ms; docs/PERF.md, "A thread
     /// per row").
     Rows,
-    /// Rows' chunks on tensor cores (coop_matmul in matvec.wgsl), where the adapter has them.
-    TensorCores,
 }
 
 impl ExpertLayout {
-    fn of(e: &GpuExperts, tokens: usize, tensor_cores: bool) -> ExpertLayout {
+    fn of(e: &GpuExperts, tokens: usize) -> ExpertLayout {
         if tokens < GROUPED_FROM {
             return ExpertLayout::PerPair;
         }
@@ -708,17 +737,16 @@ impl ExpertLayout {
         // The rows kernels read 4- and 8-bit rows in 16-byte loads: every matrix of a record starts on 16 bytes
         // (always so for the floe format's records, whose parts are whole units; checked, not assumed).
         let aligned = e.stride % 16 == 0 && [e.gate, e.up, e.down].iter().all(|[w, _, _]| w % 16 == 0);
-        match (has("rows"), tensor_cores) {
-            (true, true) => ExpertLayout::TensorCores,
-            (true, false) if aligned => ExpertLayout::Rows,
-            _ => ExpertLayout::Grouped,
+        match has("rows") && aligned {
+            true => ExpertLayout::Rows,
+            false => ExpertLayout::Grouped,
         }
     }
 
     /// Pairs of one expert per chunk (group_pairs.wgsl).
     fn chunk_pairs(self) -> usize {
         match self {
-            ExpertLayout::Rows | ExpertLayout::TensorCores => 16,
+            ExpertLayout::Rows => 16,
             _ => 8,
         }
     }

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Resident 35B-A3B, binaries alternating: warm prefill of 512 and 2,048 tokens, decode, and a 512-token profile.
-# Usage (on the GPU machine, through `run` with carry ["device"]): bash tools/device/resident.sh BIN...; a BIN
-# written NAME+tc runs device/NAME.xz with FLOE_TENSOR_CORES=1 (its prefill matmuls on tensor cores).
+# Usage (on the GPU machine, through `run` with carry ["device"]): bash tools/device/resident.sh BIN...; BIN NAME
+# runs device/NAME.xz with FLOE_TENSOR_CORES=0 (every product in f32), NAME+tc with FLOE_TENSOR_CORES=1 (the
+# prefill's dense matmuls on tensor cores, the default on adapters that have them since they measured faster).
 set -u
 source tools/device/setup.sh
 # Runs `floe bench` of binary spec $1 on the model with the other arguments.
